@@ -1,0 +1,635 @@
+"""The one way Stage 2 reaches SQL: ``docker exec -i <container> psql`` with the SQL on stdin.
+
+Everything here is plain Python (stdlib only, no Ansible import) so that it runs on the VPS
+inside an AnsiballZ payload and can be unit-tested without a database:
+
+- ``build_command`` builds the argv (no shell, secrets only through the environment);
+- ``wrap_script`` wraps a script with settings, the advisory lock, a transaction and timing
+  markers, and refuses scripts that would make the wrapper lie (own COMMIT, ``\\connect`` ...);
+- ``parse_output`` turns psql's unaligned output into JSON documents;
+- ``explain_error`` maps psql's ``<stdin>`` line numbers back onto the script's own lines;
+- ``run_psql`` runs the process.
+
+Why stdin: the container cannot see host paths, so ``psql -f /host/file`` and ``\\i`` fail.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import subprocess
+import time
+
+TRANSACTIONS = ("commit", "rollback", "none")
+
+# rc reported when the whole psql process outlived ``timeout`` (as coreutils' timeout does).
+TIMEOUT_RC = 124
+
+T0_MARKER = "@@birth_sql_t0="
+T1_MARKER = "@@birth_sql_t1="
+MARKER_PREFIX = "@@birth_sql_"
+T0_SELECT = "SELECT '@@birth_sql_t0=' || extract(epoch from clock_timestamp());"
+T1_SELECT = "SELECT '@@birth_sql_t1=' || extract(epoch from clock_timestamp());"
+
+LOCK_BUSY_TEXT = "another Stage 2 run is in progress; wait for it to finish (or stop it) and rerun"
+WRAP_BROKEN_TEXT = "the script ended the wrapper's transaction itself"
+WRAP_BROKEN_MESSAGE = (
+    WRAP_BROKEN_TEXT + " (COMMIT, ROLLBACK or RESET ALL in it); its work up to that point"
+    " may already be committed: run it with transaction: none, or remove that statement"
+)
+
+# psql variables that change how a script runs: a -v for one of them would silently turn
+# off ON_ERROR_STOP, autocommit and so on, so they are refused rather than passed.
+PSQL_SPECIAL_VARIABLES = frozenset(
+    (
+        "AUTOCOMMIT", "COMP_KEYWORD_CASE", "DBNAME", "ECHO", "ECHO_HIDDEN", "ENCODING", "ERROR",
+        "FETCH_COUNT", "HIDE_TABLEAM", "HIDE_TOAST_COMPRESSION", "HISTCONTROL", "HISTFILE",
+        "HISTSIZE", "HOST", "IGNOREEOF", "LASTOID", "LAST_ERROR_MESSAGE", "LAST_ERROR_SQLSTATE",
+        "ON_ERROR_ROLLBACK", "ON_ERROR_STOP", "PORT", "PROMPT1", "PROMPT2", "PROMPT3", "QUIET",
+        "ROW_COUNT", "SERVER_VERSION_NAME", "SERVER_VERSION_NUM", "SHELL_ERROR",
+        "SHELL_EXIT_CODE", "SHOW_ALL_RESULTS", "SHOW_CONTEXT", "SINGLELINE", "SINGLESTEP",
+        "SQLSTATE", "USER", "VERBOSITY", "VERSION", "VERSION_NAME", "VERSION_NUM",
+        "WATCH_INTERVAL",
+    )
+)  # fmt: skip
+
+# Meta-commands a wrapped script may not use: they leave the session (and with it the lock
+# and the transaction), read host paths the container cannot see, divert the output the
+# module parses, or switch off the stop-on-error the wrapper relies on.
+FORBIDDEN_META = {
+    "c": "reconnects, dropping the wrapper's lock and transaction",
+    "connect": "reconnects, dropping the wrapper's lock and transaction",
+    "q": "quits before the wrapper's COMMIT/ROLLBACK",
+    "quit": "quits before the wrapper's COMMIT/ROLLBACK",
+    "i": "reads a path the container cannot see; stage and pipe the file instead",
+    "ir": "reads a path the container cannot see; stage and pipe the file instead",
+    "include": "reads a path the container cannot see; stage and pipe the file instead",
+    "include_relative": "reads a path the container cannot see; stage and pipe the file instead",
+    "o": "diverts the output the module parses",
+    "out": "diverts the output the module parses",
+}
+# Meta-commands that send the query buffer, ending a statement as ';' does.
+SENDING_META = frozenset(("g", "gx", "gset", "gexec", "gdesc", "crosstabview", "watch"))
+GUARDED_PSQL_SETTINGS = ("ON_ERROR_STOP", "AUTOCOMMIT", "ON_ERROR_ROLLBACK")
+
+_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_DURATION = re.compile(r"^\d+(\.\d+)?\s*(us|ms|s|min|h|d)?$")
+_PSQL_MSG = re.compile(
+    r"^psql:(?P<src>.*?):(?P<line>\d+): (?P<sev>[A-Z]+):\s+(?P<msg>.*)$",
+)
+_KEPT_TAGS = ("DETAIL:", "HINT:", "CONTEXT:", "QUERY:", "LINE ")
+
+
+# --------------------------------------------------------------------------- quoting
+
+
+def _check_text(what, value):
+    if not isinstance(value, str):
+        raise ValueError(f"{what} must be a string, got {value!r}")
+    if "\x00" in value:
+        raise ValueError(f"{what} {value!r} contains a NUL byte")
+    return value
+
+
+def quote_ident(name):
+    """Quote one SQL identifier: always double-quoted, embedded quotes doubled."""
+    _check_text("identifier", name)
+    if not name:
+        raise ValueError("identifier must not be empty")
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_qualified(name):
+    """Quote ``table`` or ``schema.table`` (split on the first dot) part by part."""
+    _check_text("object name", name)
+    parts = name.split(".", 1)
+    if any(not part for part in parts):
+        raise ValueError(f"object name {name!r} has an empty part")
+    return ".".join(quote_ident(part) for part in parts)
+
+
+def quote_literal(value):
+    """Quote a SQL string literal the way PostgreSQL's quote_literal() does."""
+    _check_text("literal", value)
+    quoted = "'" + value.replace("'", "''") + "'"
+    if "\\" in value:
+        # E'' keeps the meaning whatever standard_conforming_strings says.
+        quoted = "E" + quoted.replace("\\", "\\\\")
+    return quoted
+
+
+# --------------------------------------------------------------------------- command
+
+
+def advisory_key(lock_name):
+    """Stable signed 64-bit advisory-lock key: the first 8 bytes of sha256(name)."""
+    _check_text("lock_name", lock_name)
+    if not lock_name:
+        raise ValueError("lock_name must not be empty")
+    digest = hashlib.sha256(lock_name.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def advisory_key_parts(key):
+    """(classid, objid) as pg_locks shows a bigint advisory key (objsubid is 1)."""
+    unsigned = key & 0xFFFFFFFFFFFFFFFF
+    return unsigned >> 32, unsigned & 0xFFFFFFFF
+
+
+def _check_arg(what, value):
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{what} must be a non-empty string, got {value!r}")
+    if "\x00" in value or "\n" in value or "\r" in value:
+        raise ValueError(f"{what} {value!r} contains a NUL byte or a newline")
+    if value.startswith("-"):
+        raise ValueError(f"{what} {value!r} starts with '-' and would be read as an option")
+    return value
+
+
+def _var_value(name, value):
+    if isinstance(value, bool):
+        value = "true" if value else "false"
+    elif isinstance(value, (int, float)):
+        value = str(value)
+    elif not isinstance(value, str):
+        raise ValueError(f"psql var {name!r} has value {value!r}: use a string or a number")
+    if "\x00" in value or "\n" in value or "\r" in value:
+        raise ValueError(f"psql var {name!r} value {value!r} contains a NUL byte or a newline")
+    return value
+
+
+def build_command(docker_bin, container, db_user, db_name, psql_vars=None, env_names=()):
+    """The argv for ``docker exec -i ... psql``; never contains a secret.
+
+    ``env_names`` are passed as bare ``-e NAME``: docker copies each value from the client's
+    environment, so a password travels through the environment, not the command line.
+    """
+    _check_arg("docker_bin", docker_bin)
+    _check_arg("container", container)
+    _check_arg("db_user", db_user)
+    _check_arg("db_name", db_name)
+    argv = [docker_bin, "exec", "-i"]
+    for env_name in env_names or ():
+        if not isinstance(env_name, str) or not _VAR_NAME.match(env_name):
+            raise ValueError(f"environment variable name {env_name!r} is not a valid name")
+        argv += ["-e", env_name]
+    argv += [container, "psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"]
+    argv += ["-U", db_user, "-d", db_name]
+    for name in sorted(psql_vars or {}):
+        if not isinstance(name, str) or not _VAR_NAME.match(name):
+            raise ValueError(f"psql var name {name!r} must match ^[A-Za-z_][A-Za-z0-9_]*$")
+        if name in PSQL_SPECIAL_VARIABLES:
+            raise ValueError(f"psql var name {name!r} is a psql setting and cannot be overridden")
+        argv += ["-v", f"{name}={_var_value(name, psql_vars[name])}"]
+    return argv
+
+
+# --------------------------------------------------------------------------- script scan
+
+_WORD_START = re.compile(r"[A-Za-z_\x80-\uffff]")
+_WORD = re.compile(r"[A-Za-z0-9_$\x80-\uffff]*")
+_DOLLAR_TAG = re.compile(r"\$([A-Za-z_\x80-\uffff][A-Za-z0-9_\x80-\uffff]*)?\$")
+
+
+def _tokens(sql):
+    """Tokens outside comments and quotes: (kind, text, line); kinds WORD, SEMI, META, OTHER.
+
+    Enough of psql's lexer to find statement boundaries and leading keywords: comments
+    (nested), '' and E'' strings, "" identifiers, $tag$ quotes and backslash meta-commands.
+    Raises ValueError for an unterminated quote or comment, which would swallow the wrapper.
+    """
+    tokens = []
+    i, n, line = 0, len(sql), 1
+    while i < n:
+        ch = sql[i]
+        if ch == "\n":
+            line += 1
+            i += 1
+        elif ch.isspace():
+            i += 1
+        elif sql.startswith("--", i):
+            end = sql.find("\n", i)
+            i = n if end < 0 else end
+        elif sql.startswith("/*", i):
+            start_line, depth, i = line, 1, i + 2
+            while i < n and depth:
+                if sql.startswith("/*", i):
+                    depth, i = depth + 1, i + 2
+                elif sql.startswith("*/", i):
+                    depth, i = depth - 1, i + 2
+                else:
+                    line += sql[i] == "\n"
+                    i += 1
+            if depth:
+                raise ValueError(f"line {start_line}: comment /* is never closed")
+        elif ch in "'\"":
+            escapes = ch == "'" and bool(tokens) and tokens[-1][1] in ("E", "e") and tokens[-1][3]
+            if escapes:
+                tokens.pop()  # the E prefix belongs to the string
+            start_line, i = line, i + 1
+            while True:
+                if i >= n:
+                    raise ValueError(f"line {start_line}: quote {ch} is never closed")
+                if escapes and sql[i] == "\\":
+                    line += sql[i + 1 : i + 2] == "\n"
+                    i += 2
+                    continue
+                if sql[i] == ch:
+                    if sql.startswith(ch, i + 1):
+                        i += 2
+                        continue
+                    i += 1
+                    break
+                line += sql[i] == "\n"
+                i += 1
+            tokens.append(("OTHER", ch, start_line, False))
+        elif ch == "$" and _DOLLAR_TAG.match(sql, i):
+            tag = _DOLLAR_TAG.match(sql, i).group(0)
+            end = sql.find(tag, i + len(tag))
+            if end < 0:
+                raise ValueError(f"line {line}: dollar quote {tag} is never closed")
+            tokens.append(("OTHER", tag, line, False))
+            line += sql.count("\n", i, end)
+            i = end + len(tag)
+        elif ch == "\\":
+            end = sql.find("\n", i)
+            end = n if end < 0 else end
+            tokens.append(("META", sql[i + 1 : end].strip(), line, False))
+            i = end
+        elif ch == ";":
+            tokens.append(("SEMI", ";", line, False))
+            i += 1
+        elif _WORD_START.match(ch):
+            word = ch + _WORD.match(sql, i + 1).group(0)
+            i += len(word)
+            # Remember whether the word touches a following quote (the E of E'...').
+            tokens.append(("WORD", word, line, sql.startswith("'", i)))
+        else:
+            tokens.append(("OTHER", ch, line, False))
+            i += 1
+    return [(kind, text.upper() if kind == "WORD" else text, ln) for kind, text, ln, _ in tokens]
+
+
+def scan_script(sql):
+    """Split a script into statements as psql would: ``{'statements', 'meta', 'unterminated'}``.
+
+    ``statements`` is a list of (line, [leading words]); ``meta`` a list of (line, command);
+    ``unterminated`` the line of a trailing statement without ``;`` (or None).
+    """
+    statements, meta = [], []
+    current, atomic_depth = None, 0
+    for kind, text, line in _tokens(sql):
+        if kind == "META":
+            meta.append((line, text))
+            name = text.split(None, 1)[0] if text else ""
+            if current is not None and name in SENDING_META:
+                statements.append((current[0], current[1][:3]))
+                current, atomic_depth = None, 0
+            continue
+        if kind == "SEMI":
+            if current is not None and atomic_depth > 0:
+                continue  # a ; inside CREATE FUNCTION ... BEGIN ATOMIC ... END
+            if current is not None:
+                statements.append((current[0], current[1][:3]))
+            current, atomic_depth = None, 0
+            continue
+        if current is None:
+            current = (line, [])
+        words = current[1]
+        if kind == "WORD":
+            if atomic_depth:
+                atomic_depth += text in ("BEGIN", "CASE")
+                atomic_depth -= text == "END"
+            elif text == "ATOMIC" and words[-1:] == ["BEGIN"] and words[:1] == ["CREATE"]:
+                atomic_depth = 1
+            words.append(text)
+        else:
+            words.append("")
+    return {
+        "statements": statements,
+        "meta": meta,
+        "unterminated": current[0] if current is not None else None,
+    }
+
+
+def _transaction_control(words):
+    first, second = [*words, "", ""][:2]
+    if first in ("BEGIN", "COMMIT", "END", "ABORT"):
+        return first
+    if first == "ROLLBACK" and second != "TO":
+        return first
+    if first in ("START", "PREPARE") and second == "TRANSACTION":
+        return f"{first} TRANSACTION"
+    return None
+
+
+def check_script(body, transaction):
+    """Problems that would make the wrapper lie; raises ValueError listing every one."""
+    scan = scan_script(body)
+    problems = []
+    if transaction != "none":
+        for line, words in scan["statements"]:
+            keyword = _transaction_control(words)
+            if keyword:
+                problems.append(
+                    f"line {line}: {keyword} would end the wrapper's transaction "
+                    f"(transaction: {transaction}); a script that manages its own "
+                    "transactions must run with transaction: none"
+                )
+    for line, command in scan["meta"]:
+        name = command.split(None, 1)[0] if command else ""
+        args = command.split()[1:]
+        if name in FORBIDDEN_META:
+            problems.append(f"line {line}: \\{name} {FORBIDDEN_META[name]}")
+        elif name in ("set", "unset") and args and args[0] in GUARDED_PSQL_SETTINGS:
+            problems.append(f"line {line}: \\{name} {args[0]} changes how the wrapper stops")
+    if scan["unterminated"] is not None:
+        problems.append(
+            f"line {scan['unterminated']}: the last statement has no ';' and would run "
+            "together with the wrapper's closing lines"
+        )
+    if problems:
+        raise ValueError("; ".join(problems))
+    if not scan["statements"] and not scan["meta"]:
+        raise ValueError("the script contains no SQL statement")
+
+
+def count_lines(body):
+    """Lines of ``body`` as psql counts them (a missing final newline still ends a line)."""
+    return body.count("\n") + (0 if body.endswith("\n") or not body else 1)
+
+
+# --------------------------------------------------------------------------- wrapping
+
+
+def _lock_block(lock_name, lock_wait_seconds):
+    key = advisory_key(lock_name)
+    classid, objid = advisory_key_parts(key)
+    name = quote_literal(lock_name)
+    busy = quote_literal(LOCK_BUSY_TEXT)
+    if "$birth_lock$" in lock_name:
+        raise ValueError(f"lock_name {lock_name!r} contains the wrapper's quote tag")
+    return [
+        "-- Stage 2 run guard: a SESSION-level advisory lock, so two Stage 2 sessions never",
+        "-- overlap. It is released when psql exits (the session ends), whatever the script did.",
+        "DO $birth_lock$",
+        "DECLARE",
+        f"  v_key constant bigint := {key};",
+        "  v_deadline constant timestamptz :=",
+        f"    clock_timestamp() + interval '{lock_wait_seconds} s';",
+        "  v_pid integer;",
+        "  v_app text;",
+        "  v_started timestamptz;",
+        "BEGIN",
+        "  LOOP",
+        "    EXIT WHEN pg_try_advisory_lock(v_key);",
+        "    IF clock_timestamp() >= v_deadline THEN",
+        "      SELECT l.pid, a.application_name, a.backend_start INTO v_pid, v_app, v_started",
+        "        FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid",
+        "       WHERE l.locktype = 'advisory' AND l.granted",
+        "         AND l.database =",
+        "             (SELECT oid FROM pg_database WHERE datname = current_database())",
+        f"         AND l.classid = '{classid}'::oid AND l.objid = '{objid}'::oid",
+        "         AND l.objsubid = 1",
+        "       LIMIT 1;",
+        "      RAISE EXCEPTION USING",
+        "        ERRCODE = 'lock_not_available',",
+        "        MESSAGE = format(",
+        "          'Stage 2 lock %s (advisory key %s) is held by pid %s (application_name %s, '",
+        f"          || 'backend started %s): %s', {name}, v_key,",
+        "          coalesce(v_pid::text, 'unknown (released meanwhile?)'),",
+        "          coalesce(quote_literal(v_app), 'unknown'),",
+        "          coalesce(v_started::text, 'unknown'),",
+        f"          {busy}),",
+        "        HINT = format('see SELECT * FROM pg_stat_activity WHERE pid = %s;',",
+        "                      coalesce(v_pid, 0));",
+        "    END IF;",
+        "    PERFORM pg_sleep(0.2);",
+        "  END LOOP;",
+        "END",
+        "$birth_lock$;",
+    ]
+
+
+def wrap_script(
+    body,
+    *,
+    lock_name,
+    lock_wait_seconds=5,
+    statement_timeout="30min",
+    lock_timeout="10s",
+    application_name="birth_stage2",
+    transaction="commit",
+    read_only=False,
+):
+    """The stdin text for psql and the number of lines that precede ``body`` in it.
+
+    ``lock_name=None`` skips the advisory lock (read-only guards must never queue behind a
+    run). ``transaction='none'`` leaves transactions to the script itself.
+    """
+    _check_text("script", body)
+    if transaction not in TRANSACTIONS:
+        raise ValueError(f"transaction {transaction!r} is not one of {', '.join(TRANSACTIONS)}")
+    for what, value in (("statement_timeout", statement_timeout), ("lock_timeout", lock_timeout)):
+        if not isinstance(value, str) or not _DURATION.match(value.strip()):
+            raise ValueError(f"{what} {value!r} is not a duration such as '30min', '10s', '0'")
+    if isinstance(lock_wait_seconds, bool) or not isinstance(lock_wait_seconds, int):
+        raise ValueError(f"lock_wait_seconds {lock_wait_seconds!r} must be an integer")
+    if lock_wait_seconds < 0:
+        raise ValueError(f"lock_wait_seconds {lock_wait_seconds!r} must not be negative")
+    check_script(body, transaction)
+
+    lines = [
+        "-- birth_stage2 wrapper (generated): settings, run lock, transaction, timing markers.",
+        "\\set ON_ERROR_STOP 1",
+        "SET client_encoding = 'UTF8';",
+        f"SET application_name = {quote_literal(application_name)};",
+        f"SET statement_timeout = {quote_literal(statement_timeout.strip())};",
+        f"SET lock_timeout = {quote_literal(lock_timeout.strip())};",
+    ]
+    if lock_name is not None:
+        lines += _lock_block(lock_name, lock_wait_seconds)
+    if read_only and transaction == "none":
+        # No wrapping transaction to mark READ ONLY: make every transaction of the session so.
+        lines.append("SET default_transaction_read_only = on;")
+    lines.append(T0_SELECT)
+    trailer = []
+    if transaction != "none":
+        lines.append("BEGIN READ ONLY;" if read_only else "BEGIN;")
+        # Transaction-local: gone if the script commits or rolls back by itself (checked below).
+        lines.append("SET LOCAL birth_stage2.wrapped = 'on';")
+        trailer += [
+            "DO $birth_wrap$ BEGIN",
+            "  IF current_setting('birth_stage2.wrapped', true) IS DISTINCT FROM 'on' THEN",
+            "    RAISE EXCEPTION '%', " + quote_literal(WRAP_BROKEN_MESSAGE) + ";",
+            "  END IF;",
+            "END $birth_wrap$;",
+            "COMMIT;" if transaction == "commit" else "ROLLBACK;",
+        ]
+    trailer.append(T1_SELECT)
+    if not body.endswith("\n"):
+        body += "\n"
+    text = "\n".join(lines) + "\n" + body + "\n".join(trailer) + "\n"
+    return text, len(lines)
+
+
+# --------------------------------------------------------------------------- results
+
+
+def parse_output(stdout):
+    """JSON documents from psql's unaligned, tuples-only output.
+
+    A document may span lines (``json_agg`` puts a newline between elements); any line that
+    does not start a complete JSON value lands in ``other_lines``.
+    """
+    markers, kept = {}, []
+    for raw in (stdout or "").splitlines():
+        line = raw.strip()
+        if line.startswith(MARKER_PREFIX) and "=" in line:
+            name, _, value = line[len(MARKER_PREFIX) :].partition("=")
+            try:
+                markers[name] = float(value)
+                continue
+            except ValueError:
+                pass
+        kept.append(raw)
+    text = "\n".join(kept)
+    decoder = json.JSONDecoder()
+    documents, other_lines = [], []
+    pos, n = 0, len(text)
+    while pos < n:
+        while pos < n and text[pos].isspace():
+            pos += 1
+        if pos >= n:
+            break
+        line_end = text.find("\n", pos)
+        line_end = n if line_end < 0 else line_end
+        try:
+            value, end = decoder.raw_decode(text, pos)
+        except ValueError:
+            value, end = None, -1
+        if end > 0:
+            rest_end = text.find("\n", end)
+            rest_end = n if rest_end < 0 else rest_end
+            if not text[end:rest_end].strip():
+                documents.append(value)
+                pos = rest_end
+                continue
+        other_lines.append(text[pos:line_end].rstrip())
+        pos = line_end
+    db_ms = None
+    if "t0" in markers and "t1" in markers:
+        db_ms = round((markers["t1"] - markers["t0"]) * 1000.0, 3)
+    return {
+        "documents": documents,
+        "result": documents[-1] if documents else None,
+        "db_ms": db_ms,
+        "other_lines": other_lines,
+        "markers": markers,
+    }
+
+
+def stderr_lines(stderr):
+    """Non-empty stderr lines, without psql's ``psql:<stdin>:N:`` prefix."""
+    out = []
+    for raw in (stderr or "").splitlines():
+        if not raw.strip():
+            continue
+        match = _PSQL_MSG.match(raw)
+        out.append(f"{match.group('sev')}: {match.group('msg')}" if match else raw.rstrip())
+    return out
+
+
+def _where(line, preamble_lines, body_lines, script_name):
+    if line <= preamble_lines:
+        return f"{script_name} (wrapper, before the script's first line)"
+    if body_lines is not None and line > preamble_lines + body_lines:
+        return f"{script_name} (wrapper, after the script's last line)"
+    return f"{script_name} line {line - preamble_lines}"
+
+
+def explain_error(stderr, preamble_lines, script_name, body_lines=None):
+    """One readable message from psql's stderr, with the line number of the script itself.
+
+    ``psql:<stdin>:57: ERROR:  msg`` becomes ``<script> line <57 - preamble>: ERROR: msg``;
+    psql counts the line on which the failing statement ends. DETAIL, HINT, CONTEXT and the
+    statement excerpt are kept; NOTICEs are not. Output that is not psql's (docker, connection
+    failures) comes back as it is.
+    """
+    lines = (stderr or "").splitlines()
+    for index, raw in enumerate(lines):
+        match = _PSQL_MSG.match(raw)
+        if not match or match.group("sev") not in ("ERROR", "FATAL", "PANIC"):
+            continue
+        message = match.group("msg").strip()
+        extra = []
+        for follow in lines[index + 1 :]:
+            if _PSQL_MSG.match(follow):
+                break
+            stripped = follow.strip()
+            if not stripped:
+                continue
+            if follow.startswith(_KEPT_TAGS) or (extra and follow[:1].isspace()):
+                extra.append(re.sub(r"^([A-Z]+:)\s+", r"\1 ", follow.rstrip()))
+        if LOCK_BUSY_TEXT in message:
+            head = f"{script_name} did not start: ERROR: {message}"
+        else:
+            line = int(match.group("line"))
+            where = _where(line, preamble_lines, body_lines, script_name)
+            head = f"{where}: {match.group('sev')}: {message}"
+        return "\n".join([head, *extra])
+    # No psql error: docker or the connection failed. NOTICEs would only hide the cause.
+    text = "\n".join(raw.rstrip() for raw in lines if raw.strip() and not _PSQL_MSG.match(raw))
+    return f"{script_name}: {text or 'psql failed without a message on stderr'}"
+
+
+# --------------------------------------------------------------------------- running
+
+
+def run_psql(argv, stdin_text, timeout, env=None):
+    """Run argv with stdin_text; returns (rc, stdout, stderr, elapsed_ms). Never a shell."""
+    started = time.monotonic()
+
+    def _text(data):
+        if data is None:
+            return ""
+        return data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+
+    try:
+        proc = subprocess.run(
+            argv,
+            input=stdin_text.encode("utf-8"),
+            capture_output=True,
+            timeout=timeout,
+            env=env,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        elapsed = round((time.monotonic() - started) * 1000.0, 3)
+        note = (
+            f"birth_stage2: psql did not finish within {timeout} s and the docker client was "
+            "killed; psql itself may still be running inside the container (docker exec does "
+            "not stop it): look for it in pg_stat_activity by application_name"
+        )
+        stderr = _text(exc.stderr)
+        return TIMEOUT_RC, _text(exc.stdout), (stderr + "\n" if stderr else "") + note, elapsed
+    except OSError as exc:
+        elapsed = round((time.monotonic() - started) * 1000.0, 3)
+        return 127, "", f"cannot run {argv[0]}: {exc}", elapsed
+    elapsed = round((time.monotonic() - started) * 1000.0, 3)
+    return proc.returncode, _text(proc.stdout), _text(proc.stderr), elapsed
+
+
+def connection_argument_spec():
+    """Argument spec shared by every module that reaches the database."""
+    return {
+        "container": {"type": "str", "required": True},
+        "db_name": {"type": "str", "required": True},
+        "db_user": {"type": "str", "required": True},
+        "db_password": {"type": "str", "no_log": True},
+        "docker_bin": {"type": "str", "default": "docker"},
+        "statement_timeout": {"type": "str", "default": "30min"},
+        "lock_timeout": {"type": "str", "default": "10s"},
+        "timeout": {"type": "int", "default": 3600},
+    }
