@@ -10,7 +10,8 @@ inside an AnsiballZ payload and can be unit-tested without a database:
 - ``explain_error`` maps psql's ``<stdin>`` line numbers back onto the script's own lines;
 - ``run_psql`` runs the process.
 
-Why stdin: the container cannot see host paths, so ``psql -f /host/file`` and ``\\i`` fail.
+Why stdin: the container cannot see host paths, so ``psql -f /host/file`` and ``\\i`` fail;
+psql runs with ``-f -`` (read stdin as a file) so that its errors carry line numbers.
 """
 
 from __future__ import annotations
@@ -26,8 +27,6 @@ TRANSACTIONS = ("commit", "rollback", "none")
 # rc reported when the whole psql process outlived ``timeout`` (as coreutils' timeout does).
 TIMEOUT_RC = 124
 
-T0_MARKER = "@@birth_sql_t0="
-T1_MARKER = "@@birth_sql_t1="
 MARKER_PREFIX = "@@birth_sql_"
 T0_SELECT = "SELECT '@@birth_sql_t0=' || extract(epoch from clock_timestamp());"
 T1_SELECT = "SELECT '@@birth_sql_t1=' || extract(epoch from clock_timestamp());"
@@ -182,6 +181,9 @@ def build_command(docker_bin, container, db_user, db_name, psql_vars=None, env_n
         if name in PSQL_SPECIAL_VARIABLES:
             raise ValueError(f"psql var name {name!r} is a psql setting and cannot be overridden")
         argv += ["-v", f"{name}={_var_value(name, psql_vars[name])}"]
+    # "-f -" still reads stdin, but makes psql prefix errors with "psql:<stdin>:LINE:", the
+    # line number explain_error maps back onto the script (plain stdin gives no line).
+    argv += ["-f", "-"]
     return argv
 
 
@@ -333,9 +335,9 @@ def check_script(body, transaction):
             keyword = _transaction_control(words)
             if keyword:
                 problems.append(
-                    f"line {line}: {keyword} would end the wrapper's transaction "
-                    f"(transaction: {transaction}); a script that manages its own "
-                    "transactions must run with transaction: none"
+                    f"line {line}: {keyword} manages the transaction, which the wrapper "
+                    f"owns with transaction: {transaction} (a script that manages its own "
+                    "transactions runs with transaction: none)"
                 )
     for line, command in scan["meta"]:
         name = command.split(None, 1)[0] if command else ""
@@ -445,11 +447,12 @@ def wrap_script(
         "\\set ON_ERROR_STOP 1",
         "SET client_encoding = 'UTF8';",
         f"SET application_name = {quote_literal(application_name)};",
-        f"SET statement_timeout = {quote_literal(statement_timeout.strip())};",
         f"SET lock_timeout = {quote_literal(lock_timeout.strip())};",
     ]
     if lock_name is not None:
         lines += _lock_block(lock_name, lock_wait_seconds)
+    # After the lock: the wait is bounded by lock_wait_seconds, not cut by statement_timeout.
+    lines.append(f"SET statement_timeout = {quote_literal(statement_timeout.strip())};")
     if read_only and transaction == "none":
         # No wrapping transaction to mark READ ONLY: make every transaction of the session so.
         lines.append("SET default_transaction_read_only = on;")
@@ -633,3 +636,39 @@ def connection_argument_spec():
         "lock_timeout": {"type": "str", "default": "10s"},
         "timeout": {"type": "int", "default": 3600},
     }
+
+
+# --------------------------------------------------------------------------- decisions
+
+
+def plan_transaction(transaction, read_only, check_mode):
+    """The transaction actually run, or None when the run must be skipped (check mode).
+
+    Check mode never writes: a read-only run is harmless and runs as asked; ``commit``
+    becomes ``rollback`` (a real rehearsal); a self-committing script (``none``) cannot be
+    rehearsed, so it is not run at all.
+    """
+    if transaction not in TRANSACTIONS:
+        raise ValueError(f"transaction {transaction!r} is not one of {', '.join(TRANSACTIONS)}")
+    if not check_mode or read_only:
+        return transaction
+    if transaction == "commit":
+        return "rollback"
+    if transaction == "none":
+        return None
+    return transaction
+
+
+def reported_changed(result, *, read_only, transaction):
+    """``changed`` as the script reports it, else what the transaction mode implies.
+
+    ``transaction`` is the one asked for (in check mode: what a real run would do). A
+    read-only run and an asked-for ``rollback`` never change anything, whatever the script
+    says. A script that manages its own transactions (``none``) is assumed to change
+    something unless it says ``{"changed": false}``.
+    """
+    if read_only or transaction == "rollback":
+        return False
+    if isinstance(result, dict) and isinstance(result.get("changed"), bool):
+        return result["changed"]
+    return transaction in ("commit", "none")

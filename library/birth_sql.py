@@ -1,0 +1,406 @@
+#!/usr/bin/python
+"""Ansible module birth_sql: run one Stage 2 SQL script through docker exec psql."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: birth_sql
+short_description: Run one Stage 2 SQL script in the database container, truthfully
+description:
+  - Pipes one SQL script (a file staged on the host, or inline text) into
+    C(docker exec -i <container> psql -X -v ON_ERROR_STOP=1) on the host the task runs on.
+    The container cannot see host paths, so the script always travels on stdin.
+  - The script is wrapped by the shared transport (C(module_utils/birth_stage2_psql.py)) with
+    C(statement_timeout), C(lock_timeout), C(application_name), a session advisory lock named
+    by O(lock_name) (so two Stage 2 sessions never overlap; released when psql exits), a
+    transaction chosen by O(transaction), and timing markers.
+  - The script's last JSON document is its result. When it is an object with a boolean
+    C(changed) key, that is what the task reports; otherwise C(changed) follows from
+    O(transaction) and O(read_only). A read-only run, and a run asked to roll back, never
+    report a change.
+  - Before anything runs, the script is checked for statements that would make the wrapper
+    lie - its own C(BEGIN)/C(COMMIT)/C(ROLLBACK) under O(transaction=commit) or
+    O(transaction=rollback), C(\connect), C(\q), C(\i), C(\o), C(\set ON_ERROR_STOP), a last
+    statement without C(;) - and refused with the line that holds it.
+  - 'Errors come back as C(<script> line <N>: ERROR: <message>), N counted in the
+    script itself, not in the wrapped stdin.'
+author:
+  - Birth Stage 2 automation
+options:
+  container:
+    description: Name of the Docker container that runs PostgreSQL.
+    type: str
+    required: true
+  db_name:
+    description: Database to connect to inside the container.
+    type: str
+    required: true
+  db_user:
+    description: Role psql connects as.
+    type: str
+    required: true
+  db_password:
+    description:
+      - Password for O(db_user), when the container's C(pg_hba.conf) asks for one.
+      - Passed as C(PGPASSWORD) through the environment of the docker client and
+        C(docker exec -e PGPASSWORD); never on a command line, never in the result.
+    type: str
+  docker_bin:
+    description: The docker client; a bare name is looked up on the host's PATH.
+    type: str
+    default: docker
+  src:
+    description:
+      - Path, on the host the task runs on, of a staged C(.sql) file.
+      - Mutually exclusive with O(sql); one of the two is required.
+    type: path
+  sql:
+    description:
+      - Inline SQL text. Mutually exclusive with O(src); one of the two is required.
+    type: str
+  psql_vars:
+    description:
+      - psql variables, passed as C(-v name=value) and used in the script as C(:'name')
+        (a literal) or C(:"name") (an identifier).
+      - Names must match C(^[A-Za-z_][A-Za-z0-9_]*$) and may not be psql's own settings
+        (C(ON_ERROR_STOP), C(AUTOCOMMIT) ...); values may not contain a newline.
+    type: dict
+    default: {}
+  transaction:
+    description:
+      - V(commit) wraps the script in C(BEGIN) ... C(COMMIT).
+      - V(rollback) wraps it in C(BEGIN) ... C(ROLLBACK) (a rehearsal that writes nothing).
+      - V(none) leaves transactions to the script (it commits by itself); such a script is
+        not run in check mode.
+    type: str
+    choices: [commit, rollback, none]
+    default: commit
+  read_only:
+    description:
+      - Run the script in a C(READ ONLY) transaction (with O(transaction=none), every
+        transaction of the session defaults to read only). C(changed) is then always false.
+    type: bool
+    default: false
+  lock_name:
+    description:
+      - Name of the session advisory lock taken before the script runs (key derived from
+        sha256 of the name). All Stage 2 scripts share one name so they never overlap.
+    type: str
+    default: birth_stage2
+  lock_wait_seconds:
+    description:
+      - How long to keep trying the advisory lock (every 0.2 s) before failing with a
+        message that names the session holding it.
+    type: int
+    default: 5
+  statement_timeout:
+    description: PostgreSQL C(statement_timeout) for the session (for example V(30min), V(0)).
+    type: str
+    default: 30min
+  lock_timeout:
+    description: PostgreSQL C(lock_timeout) for the session.
+    type: str
+    default: 10s
+  application_name:
+    description: C(application_name) of the session, as seen in C(pg_stat_activity).
+    type: str
+    default: birth_stage2
+  timeout:
+    description:
+      - Seconds the whole psql process may take. On expiry the docker client is killed;
+        psql inside the container may keep running until C(statement_timeout) stops it.
+    type: int
+    default: 3600
+  expect_json:
+    description: Fail when the script printed no JSON document.
+    type: bool
+    default: true
+attributes:
+  check_mode:
+    support: full
+    description:
+      - O(read_only=true) runs as asked. O(transaction=commit) runs as
+        O(transaction=rollback), a real rehearsal; C(changed) is what a real run would
+        change. O(transaction=none) is not run; the task reports C(changed=true) and
+        C(skipped_in_check_mode=true).
+  diff_mode:
+    support: none
+notes:
+  - The module runs on the VPS (the Ansible target), with the host's python3 and the docker
+    client; nothing but the standard library and C(ansible.module_utils) is needed.
+  - psql prints with C(-A -t) (unaligned, tuples only); have the script print one JSON
+    document per line, for example with C(json_build_object) or C(json_agg).
+  - Line numbers in errors are those psql reports, the line on which the failing statement
+    ends.
+seealso:
+  - module: birth_guard
+  - module: birth_run_lock
+"""
+
+EXAMPLES = r"""
+- name: Classify identity blockers (01_classify.sql, staged on the host)
+  birth_sql:
+    container: "{{ birth_stage2_container }}"
+    db_name: "{{ birth_stage2_db_name }}"
+    db_user: "{{ birth_stage2_db_user }}"
+    src: "{{ birth_stage2_stage_dir }}/01_classify.sql"
+    psql_vars:
+      registry: "{{ birth_stage2_objects.collection_registry }}"
+  register: __birth_stage2_classify
+
+- name: Read the dry-run numbers (read only, never changed)
+  birth_sql:
+    container: "{{ birth_stage2_container }}"
+    db_name: "{{ birth_stage2_db_name }}"
+    db_user: "{{ birth_stage2_db_user }}"
+    src: "{{ birth_stage2_stage_dir }}/10_dryrun_numbers.sql"
+    read_only: true
+  register: __birth_stage2_dryrun
+
+- name: Rehearse the apply and roll it back
+  birth_sql:
+    container: "{{ birth_stage2_container }}"
+    db_name: "{{ birth_stage2_db_name }}"
+    db_user: "{{ birth_stage2_db_user }}"
+    src: "{{ birth_stage2_stage_dir }}/03_apply_rehearsal.sql"
+    transaction: rollback
+
+- name: Inline probe with a password kept out of argv and logs
+  birth_sql:
+    container: pg
+    db_name: directus
+    db_user: directus
+    db_password: "{{ vault_birth_stage2_db_password }}"
+    sql: "SELECT json_build_object('births', count(*)) FROM birth_registry;"
+    read_only: true
+"""
+
+RETURN = r"""
+result:
+  description: The last JSON document the script printed (null when none).
+  returned: when the script ran
+  type: raw
+  sample: {"changed": true, "classified": 12, "needs_owner": 2}
+documents:
+  description: Every JSON document the script printed, in order.
+  returned: when the script ran
+  type: list
+  elements: raw
+  sample: [{"step": "classify", "classified": 12}, {"changed": true}]
+other_lines:
+  description: Output lines that were not JSON (psql prints with -A -t).
+  returned: when the script ran
+  type: list
+  elements: str
+  sample: ["t"]
+db_ms:
+  description: Milliseconds the script took inside the database, from markers printed
+    after the lock was taken and after COMMIT/ROLLBACK; null when a marker is missing.
+  returned: when the script ran
+  type: float
+  sample: 1834.512
+elapsed_ms:
+  description: Milliseconds the whole docker exec psql process took.
+  returned: when the script ran
+  type: float
+  sample: 2210.9
+stderr_lines:
+  description: psql's messages (NOTICE, WARNING, INFO), without the psql:<stdin>:N prefix.
+  returned: always
+  type: list
+  elements: str
+  sample: ["NOTICE: classified 12 blockers, 2 NEEDS_OWNER"]
+stderr:
+  description: psql's raw stderr.
+  returned: on failure
+  type: str
+  sample: "psql:<stdin>:64: ERROR:  relation \"birth_registy\" does not exist"
+script:
+  description: Name of the script (the file name of O(src), or C(inline sql)).
+  returned: always
+  type: str
+  sample: 01_classify.sql
+transaction:
+  description: The transaction mode actually used (V(rollback) for a commit in check mode).
+  returned: always
+  type: str
+  sample: rollback
+rc:
+  description: Exit status of docker exec psql (psql exits 3 on a script error, 124 here
+    means the O(timeout) expired); null when nothing ran.
+  returned: always
+  type: int
+  sample: 0
+skipped_in_check_mode:
+  description: True when the script was not run because a self-committing script
+    (O(transaction=none)) cannot be rehearsed in check mode.
+  returned: always
+  type: bool
+  sample: false
+msg:
+  description: What happened, or why it failed.
+  returned: always
+  type: str
+  sample: "01_classify.sql line 12: ERROR: column \"birth_code_kinds\" does not exist"
+"""
+
+# Ansible's layout puts the documentation first, hence the imports below it (E402).
+import os  # noqa: E402
+import socket  # noqa: E402
+
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+from ansible.module_utils.birth_stage2_psql import (  # noqa: E402
+    TRANSACTIONS,
+    build_command,
+    connection_argument_spec,
+    count_lines,
+    explain_error,
+    parse_output,
+    plan_transaction,
+    reported_changed,
+    run_psql,
+    stderr_lines,
+    wrap_script,
+)
+
+INLINE_NAME = "inline sql"
+
+
+def argument_spec():
+    spec = connection_argument_spec()
+    spec.update(
+        src={"type": "path"},
+        sql={"type": "str"},
+        psql_vars={"type": "dict", "default": {}},
+        transaction={"type": "str", "choices": list(TRANSACTIONS), "default": "commit"},
+        read_only={"type": "bool", "default": False},
+        lock_name={"type": "str", "default": "birth_stage2"},
+        lock_wait_seconds={"type": "int", "default": 5},
+        application_name={"type": "str", "default": "birth_stage2"},
+        expect_json={"type": "bool", "default": True},
+    )
+    return spec
+
+
+def read_script(module, src):
+    """The staged file's text; a missing file fails with the phase that creates it."""
+    if not os.path.isfile(src):
+        module.fail_json(
+            msg=(
+                f"staged file {src} not found on {socket.gethostname()}: run the 'stage' "
+                "phase first (ansible-playbook stage2.yml --tags stage)"
+            ),
+            script=os.path.basename(src),
+            src=src,
+            rc=None,
+            stderr_lines=[],
+            transaction=module.params["transaction"],
+            skipped_in_check_mode=False,
+        )
+    try:
+        with open(src, encoding="utf-8") as handle:
+            return handle.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        module.fail_json(msg=f"cannot read staged file {src}: {exc}", script=src, src=src)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=argument_spec(),
+        mutually_exclusive=[("src", "sql")],
+        required_one_of=[("src", "sql")],
+        supports_check_mode=True,
+    )
+    p = module.params
+    src = p["src"]
+    script = os.path.basename(src) if src else INLINE_NAME
+    body = read_script(module, src) if src else p["sql"]
+    common = {"script": script, "src": src, "stderr_lines": [], "rc": None}
+
+    effective = plan_transaction(p["transaction"], p["read_only"], module.check_mode)
+    if effective is None:
+        module.exit_json(
+            changed=True,
+            skipped_in_check_mode=True,
+            transaction=p["transaction"],
+            msg=f"would run {script}; a self-committing script cannot be rehearsed in check mode",
+            **common,
+        )
+
+    try:
+        stdin_text, preamble = wrap_script(
+            body,
+            lock_name=p["lock_name"],
+            lock_wait_seconds=p["lock_wait_seconds"],
+            statement_timeout=p["statement_timeout"],
+            lock_timeout=p["lock_timeout"],
+            application_name=p["application_name"],
+            transaction=effective,
+            read_only=p["read_only"],
+        )
+        docker = p["docker_bin"]
+        if "/" not in docker:
+            docker = module.get_bin_path(docker, required=True)
+        env_names = ["PGPASSWORD"] if p["db_password"] else []
+        argv = build_command(
+            docker, p["container"], p["db_user"], p["db_name"], p["psql_vars"], env_names
+        )
+    except ValueError as exc:
+        module.fail_json(
+            msg=f"{script}: {exc}",
+            transaction=effective,
+            skipped_in_check_mode=False,
+            **common,
+        )
+
+    env = dict(os.environ)
+    if p["db_password"]:
+        env["PGPASSWORD"] = p["db_password"]
+    rc, stdout, stderr, elapsed_ms = run_psql(argv, stdin_text, p["timeout"], env)
+    common.update(rc=rc, stderr_lines=stderr_lines(stderr))
+    outcome = {"transaction": effective, "skipped_in_check_mode": False, "elapsed_ms": elapsed_ms}
+
+    if rc != 0:
+        msg = explain_error(stderr, preamble, script, body_lines=count_lines(body))
+        module.fail_json(msg=msg, stderr=stderr, container=p["container"], **common, **outcome)
+
+    parsed = parse_output(stdout)
+    outcome.update(
+        result=parsed["result"],
+        documents=parsed["documents"],
+        other_lines=parsed["other_lines"],
+        db_ms=parsed["db_ms"],
+    )
+    if "t1" not in parsed["markers"]:
+        # psql exited 0 without reaching the wrapper's last line: the COMMIT may not have run.
+        module.fail_json(
+            msg=f"{script} ended before the wrapper's closing {effective.upper()} and end "
+            "marker ran; treat the outcome as unknown and read the state back",
+            stderr=stderr,
+            **common,
+            **outcome,
+        )
+    if p["expect_json"] and not parsed["documents"]:
+        module.fail_json(
+            msg=f"{script} printed no JSON document (expect_json is true); "
+            f"other output: {parsed['other_lines'][-5:]}",
+            stderr=stderr,
+            **common,
+            **outcome,
+        )
+
+    changed = reported_changed(
+        parsed["result"], read_only=p["read_only"], transaction=p["transaction"]
+    )
+    verb = "rehearsed (rolled back)" if effective != p["transaction"] else "ran"
+    module.exit_json(
+        changed=changed,
+        msg=f"{script} {verb} with transaction {effective}",
+        **common,
+        **outcome,
+    )
+
+
+if __name__ == "__main__":
+    main()
