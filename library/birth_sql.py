@@ -59,6 +59,15 @@ options:
     description:
       - Inline SQL text. Mutually exclusive with O(src); one of the two is required.
     type: str
+  stage_to:
+    description:
+      - With O(sql), first stage the text on the host at this path (mode 0640, parent
+        directory created with mode 0750, written atomically and only when the content
+        differs), then pipe the staged text to psql, as an operator would
+        C(cat file | docker exec -i ...). Folds staging and running into one SSH round trip.
+      - Writing or rewriting the file counts as a change (a rerun with the same text does
+        not). In check mode nothing is written; the SQL is rehearsed from the text.
+    type: path
   psql_vars:
     description:
       - psql variables, passed as C(-v name=value) and used in the script as C(:'name')
@@ -177,6 +186,11 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+staged_changed:
+  description: Whether O(stage_to) was written (created or its content replaced) by this call.
+  returned: always
+  type: bool
+  sample: false
 result:
   description: The last JSON document the script printed (null when none).
   returned: when the script ran
@@ -248,6 +262,7 @@ msg:
 # Ansible's layout puts the documentation first, hence the imports below it (E402).
 import os  # noqa: E402
 import socket  # noqa: E402
+import tempfile  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 from ansible.module_utils.birth_stage2_psql import (  # noqa: E402
@@ -272,6 +287,7 @@ def argument_spec():
     spec.update(
         src={"type": "path"},
         sql={"type": "str"},
+        stage_to={"type": "path"},
         psql_vars={"type": "dict", "default": {}},
         transaction={"type": "str", "choices": list(TRANSACTIONS), "default": "commit"},
         read_only={"type": "bool", "default": False},
@@ -305,18 +321,48 @@ def read_script(module, src):
         module.fail_json(msg=f"cannot read staged file {src}: {exc}", script=src, src=src)
 
 
+def stage_text(path, text):
+    """Write text to path (0640; parent 0750) atomically when it differs; True if written."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            if handle.read() == text:
+                return False
+    except (OSError, UnicodeDecodeError):
+        pass
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, mode=0o750, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".staging-", suffix=".sql")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(tmp, 0o640)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return True
+
+
 def main():
     module = AnsibleModule(
         argument_spec=argument_spec(),
-        mutually_exclusive=[("src", "sql")],
+        mutually_exclusive=[("src", "sql"), ("src", "stage_to")],
         required_one_of=[("src", "sql")],
         supports_check_mode=True,
     )
     p = module.params
     src = p["src"]
-    script = os.path.basename(src) if src else INLINE_NAME
+    stage_to = p["stage_to"]
+    script = os.path.basename(src or stage_to) if (src or stage_to) else INLINE_NAME
     body = read_script(module, src) if src else p["sql"]
-    common = {"script": script, "src": src, "stderr_lines": [], "rc": None}
+    common = {"script": script, "src": src or stage_to, "stderr_lines": [], "rc": None}
+    staged_changed = False
+    if stage_to and not module.check_mode:
+        try:
+            staged_changed = stage_text(stage_to, body)
+        except OSError as exc:
+            module.fail_json(msg=f"cannot stage {script} at {stage_to}: {exc}", **common)
+    common["staged_changed"] = staged_changed
 
     effective = plan_transaction(p["transaction"], p["read_only"], module.check_mode)
     if effective is None:
@@ -390,7 +436,7 @@ def main():
             **outcome,
         )
 
-    changed = reported_changed(
+    changed = staged_changed or reported_changed(
         parsed["result"], read_only=p["read_only"], transaction=p["transaction"]
     )
     verb = "rehearsed (rolled back)" if effective != p["transaction"] else "ran"
