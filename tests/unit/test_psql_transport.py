@@ -658,3 +658,34 @@ def test_module_rejects_bad_psql_var(run_module, fake_docker, connection):
     out = run_module("birth_sql", args)
     assert out["failed"] is True and "'ON_ERROR_STOP'" in out["msg"]
     assert not fake_docker.called
+
+
+def test_module_stages_then_runs_the_staged_text(run_module, fake_docker, connection, tmp_path):
+    target = tmp_path / "dated" / "10_dryrun_numbers.sql"
+    body = "SELECT json_build_object('changed', false);\n"
+    fake_docker.answer_json({"changed": False})
+    args = dict(connection, sql=body, stage_to=str(target), read_only=True)
+    out = run_module("birth_sql", args)
+    assert target.read_text() == body
+    assert oct(target.stat().st_mode & 0o777) == "0o640"
+    assert oct(target.parent.stat().st_mode & 0o777) == "0o750"
+    assert out["staged_changed"] is True and out["changed"] is True
+    assert out["script"] == "10_dryrun_numbers.sql"
+    assert body.strip() in fake_docker.stdin
+    # The same text again: nothing to stage, a read-only script: no change at all.
+    fake_docker.answer_json({"changed": False})
+    again = run_module("birth_sql", args)
+    assert again["staged_changed"] is False and again["changed"] is False
+
+
+def test_module_stages_nothing_in_check_mode(run_module, fake_docker, connection, tmp_path):
+    target = tmp_path / "dated" / "01_classify.sql"
+    fake_docker.answer_json({"changed": True})
+    out = run_module(
+        "birth_sql",
+        dict(connection, sql="UPDATE t SET a = 1;\nSELECT 1;\n", stage_to=str(target)),
+        check_mode=True,
+    )
+    assert not target.exists()
+    assert out["staged_changed"] is False
+    assert out["transaction"] == "rollback"
