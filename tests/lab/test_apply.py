@@ -1,0 +1,491 @@
+"""The gated apply on the lab, through the real playbooks: review, permit, apply, refusals,
+an interrupted apply and its resume.
+
+One full Stage 2 run (dry-run author alice), bob's approved review and an open permit make
+the "ready" state, kept as a database template (<lab db>_apply_ready); every test starts
+from a copy of it, so the tests do not depend on each other's order. The lab is reset at the
+end and the template dropped.
+
+Runs use the default lab database, lock and staging directory. While developing next to
+other users of the lab, point them elsewhere (the lab inventory follows lab_db_name):
+  BIRTH_LAB_DB=birth_apply BIRTH_APPLY_TEST_ARGS="-e birth_stage2_run_lock_path=... \
+      -e birth_stage2_staging_dir=..." pytest tests/lab/test_apply.py
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+import subprocess
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import pytest
+
+from tests.conftest import LAB_DB, REPO, lab_env, lab_playbook, psql_prefix, run_psql
+
+READY_DB = f"{LAB_DB}_apply_ready"
+EXTRA = ["-e", f"lab_db_name={LAB_DB}", *shlex.split(os.environ.get("BIRTH_APPLY_TEST_ARGS", ""))]
+PLAN = "QT-001"
+SCOPE = "birth-stage2-qt001-apply"
+BIRTHS_BEFORE = 1_210_868
+BIRTHS_AFTER = 1_211_005
+REPORT_DELTAS = {
+    "apr_action_types": 6,
+    "apr_approvals": 42,
+    "dot_domain_rules": 67,
+    "field_type_equivalences": 4,
+    "normative_relations": 18,
+}
+SAFETY_VIEWS = (
+    "v_birth_stage2_dependency_guard",
+    "v_birth_stage2_no_worse_guard",
+    "v_birth_stage2_metadata_no_go",
+    "v_birth_stage2_required_no_go",
+    "v_birth_stage2_cross_layer_guard",
+    "v_birth_stage2_rp_object_truth_guard",
+    "v_birth_qt001_rerun_delta_guard",
+)
+# The advisory lock every Stage 2 psql session takes (module_utils/birth_stage2_psql.py).
+LOCK_KEY = int.from_bytes(hashlib.sha256(b"birth_stage2").digest()[:8], "big", signed=True)
+NOTHING_WRITTEN = "nothing was written"
+
+
+# ---- plumbing -----------------------------------------------------------------------------
+
+
+def new_run_id(tag: str) -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ") + "-" + tag
+
+
+def playbook(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return lab_playbook(*args, *EXTRA, check=check)
+
+
+def apply(confirm: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return playbook(
+        "stage2.yml", "--tags", "apply", "-e", f"birth_stage2_apply_confirm={confirm}", *args,
+        check=check,
+    )  # fmt: skip
+
+
+def dryrun(author: str) -> dict:
+    run_id = new_run_id("dryrun")
+    playbook(
+        "stage2.yml", "--tags", "dryrun",
+        "-e", f"birth_stage2_run_id={run_id}", "-e", f"birth_stage2_operator={author}",
+    )  # fmt: skip
+    return summary(run_id)
+
+
+def review(run_id: str, sha: str, reviewer: str, check: bool = True):
+    return playbook(
+        "playbooks/review.yml",
+        "-e", f"birth_stage2_reviewer={reviewer}", "-e", "birth_stage2_review_verdict=approved",
+        "-e", f"birth_stage2_review_evidence={sha}", "-e", f"birth_stage2_review_run={run_id}",
+        check=check,
+    )  # fmt: skip
+
+
+def summary(run_id: str) -> dict:
+    return json.loads((REPO / "reports" / run_id / "summary.json").read_text())
+
+
+def sql(text: str, db: str = LAB_DB) -> list[tuple[str, ...]]:
+    out = run_psql(text, db=db).stdout
+    return [tuple(line.split("\t")) for line in out.splitlines() if line]
+
+
+def admin(text: str) -> None:
+    run_psql(text, db="postgres")
+
+
+def save_ready() -> None:
+    admin(
+        f'DROP DATABASE IF EXISTS "{READY_DB}" WITH (FORCE);\n'
+        f'CREATE DATABASE "{READY_DB}" TEMPLATE "{LAB_DB}" STRATEGY FILE_COPY;\n'
+    )
+
+
+def restore_ready() -> None:
+    admin(
+        f'DROP DATABASE IF EXISTS "{LAB_DB}" WITH (FORCE);\n'
+        f'CREATE DATABASE "{LAB_DB}" TEMPLATE "{READY_DB}" STRATEGY FILE_COPY;\n'
+    )
+
+
+def state() -> dict:
+    """What an apply may change: births, the plan's ledger rows, the apply scope's permits."""
+    names = ", ".join(f"'{c}'" for c in REPORT_DELTAS)
+    return {
+        "births": int(sql("SELECT count(*) FROM birth_registry")[0][0]),
+        "per_collection": dict(
+            sql(
+                "SELECT collection_name, count(*) FROM birth_registry "  # noqa: S608
+                f"WHERE collection_name IN ({names}) GROUP BY 1 ORDER BY 1"
+            )
+        ),
+        "ledger": sql(
+            "SELECT collection_name, status, expected_delta, applied_delta, permit_id, dry_run "  # noqa: S608
+            f"FROM birth_backfill_ledger WHERE plan_code = '{PLAN}' ORDER BY collection_name"
+        ),
+        "permits": sql(
+            "SELECT id, status, consumed_by IS NOT NULL FROM governance_permits "  # noqa: S608
+            f"WHERE scope = '{SCOPE}' ORDER BY id"
+        ),
+    }
+
+
+def refused(proc: subprocess.CompletedProcess, *needles: str) -> str:
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-3000:]
+    for needle in needles:
+        assert needle in out, f"{needle!r} not in:\n{out[-4000:]}"
+    return out
+
+
+def terminate(application_name: str) -> None:
+    sql(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "  # noqa: S608
+        f"WHERE application_name = '{application_name}'"
+    )
+
+
+def background_psql(script: str) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [*psql_prefix(LAB_DB), "-X", "-q", "-v", "ON_ERROR_STOP=1"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=lab_env(),
+    )
+    proc.stdin.write(script)
+    proc.stdin.flush()
+    return proc
+
+
+def wait_for(query: str, timeout: float = 90.0) -> list[tuple[str, ...]]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = sql(query)
+        if rows:
+            return rows
+        time.sleep(0.25)
+    raise AssertionError(f"timed out waiting for: {query}")
+
+
+def recap_changed(proc: subprocess.CompletedProcess) -> int:
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("lab-vps") and "changed=" in x)
+    return int(line.split("changed=")[1].split()[0])
+
+
+# ---- fixtures -------------------------------------------------------------------------------
+
+
+@dataclass
+class Ready:
+    run_id: str
+    sha: str
+
+
+@pytest.fixture(scope="module")
+def ready():
+    """Full Stage 2 run by alice, bob's approved review, an open permit; kept as a template."""
+    playbook("playbooks/lab.yml", "-e", "lab_action=reset")
+    run_id = new_run_id("dryrun")
+    playbook(
+        "stage2.yml", "-e", f"birth_stage2_run_id={run_id}", "-e", "birth_stage2_operator=alice"
+    )
+    s = summary(run_id)
+    assert s["evidence"]["author"] == "alice"
+    assert s["decision"]["status"] == "NOT_READY"
+    review(run_id, s["evidence"]["sha256"], "bob")
+    playbook(
+        "playbooks/permit.yml", "-e", "birth_stage2_permit_action=open",
+        "-e", "birth_stage2_permit_issuer=owner", "-e", "birth_stage2_permit_expires_in=2h",
+    )  # fmt: skip
+    save_ready()
+    yield Ready(run_id, s["evidence"]["sha256"])
+    playbook("playbooks/lab.yml", "-e", "lab_action=reset")
+    admin(f'DROP DATABASE IF EXISTS "{READY_DB}" WITH (FORCE);')
+
+
+@pytest.fixture(scope="module")
+def applied(ready):
+    """The uninterrupted apply from the ready state, and a second apply after it."""
+    restore_ready()
+    before = state()
+    run_id = new_run_id("apply")
+    first = apply(ready.run_id, "-e", f"birth_stage2_run_id={run_id}")
+    after = state()
+    second = apply(ready.run_id)
+    after_second = state()
+    recorded = {
+        "dot_tools": dict(sql("SELECT code, status FROM dot_tools ORDER BY code")),
+        "plan_rows": sql(
+            "SELECT collection, expected, applied, status FROM fn_dot_birth_qt001_plan()"
+        ),
+        "rerun_guard": sql(
+            "SELECT count(*) FILTER (WHERE NOT ok), count(*) FROM v_birth_qt001_rerun_delta_guard"
+        ),
+        "open_permits": sql(
+            f"SELECT count(*) FROM governance_permits WHERE scope = '{SCOPE}' "  # noqa: S608
+            "AND status = 'open' AND expires_at > now()"
+        ),
+    }
+    rollback = playbook("stage2.yml", "--tags", "rollback", check=False)
+    return {
+        "before": before,
+        "after": after,
+        "first": first,
+        "summary": summary(run_id),
+        "run_id": run_id,
+        "second": second,
+        "after_second": after_second,
+        "rollback": rollback,
+        "after_rollback": state(),
+        **recorded,
+    }
+
+
+# ---- the happy path ---------------------------------------------------------------------------
+
+
+def test_apply_births_exactly_the_plan(applied):
+    s, before, after = applied["summary"], applied["before"], applied["after"]
+    assert before["births"] == BIRTHS_BEFORE
+    assert after["births"] == BIRTHS_AFTER
+    assert s["births"] == {"before": BIRTHS_BEFORE, "after": BIRTHS_AFTER}
+    grown = {
+        c: int(after["per_collection"].get(c, 0)) - int(before["per_collection"].get(c, 0))
+        for c in REPORT_DELTAS
+    }
+    assert grown == REPORT_DELTAS
+    assert s["phases"] == ["preflight", "apply"]
+
+
+def test_apply_ledger_done_and_permit_consumed(applied):
+    after, s = applied["after"], applied["summary"]
+    permit_ids = {row[4] for row in after["ledger"]}
+    assert len(permit_ids) == 1
+    (permit_id,) = permit_ids
+    assert [(c, st, int(e), int(a), d) for c, st, e, a, _, d in after["ledger"]] == [
+        (c, "done", n, n, "f") for c, n in sorted(REPORT_DELTAS.items())
+    ]
+    consumed = sql(
+        "SELECT status, consumed_by, consumed_at IS NOT NULL FROM governance_permits "  # noqa: S608
+        f"WHERE id = {permit_id}"
+    )
+    assert consumed == [("consumed", applied["run_id"], "t")]
+    assert applied["open_permits"] == [("0",)]
+    ap = s["apply"]
+    assert ap["permit_id"] == int(permit_id)
+    assert ap["rerun_total"] == 0
+    assert ap["mode"] == "fresh"
+    for c, n in REPORT_DELTAS.items():
+        assert ap[c]["expected"] == ap[c]["applied"] == n
+        assert ap[c]["status"] == "done"
+        assert ap[c]["batches"] >= 1
+
+
+def test_apply_rerun_delta_is_zero_and_guards_green(applied):
+    s = applied["summary"]
+    assert s["dryrun"]["total_delta"] == 0
+    for c in REPORT_DELTAS:
+        assert s["dryrun"]["collections"][c]["expected_delta"] == 0
+    for view in SAFETY_VIEWS:
+        g = s["guards"][view]
+        assert g["passed"] == g["total"] > 0, view
+    assert applied["rerun_guard"] == [("0", str(len(REPORT_DELTAS)))]
+
+
+def test_apply_sources_recorded_and_old_tools_still_frozen(applied):
+    assert applied["dot_tools"] == {
+        "dot-birth-backfill": "frozen",
+        "dot-birth-qt001-apply": "source_only",
+        "dot-birth-qt001-plan": "active",
+        "dot-birth-trigger-setup": "frozen",
+        "dot-kb-upload": "active",
+        "dot-registry-audit": "active",
+    }
+    assert applied["plan_rows"] == [
+        (c, str(n), str(n), "done") for c, n in sorted(REPORT_DELTAS.items())
+    ]
+
+
+def test_second_apply_changes_nothing_without_a_permit(applied):
+    second = applied["second"]
+    assert second.returncode == 0
+    assert recap_changed(second) == 0
+    assert "Nothing left to apply" in second.stdout
+    assert applied["after_second"] == applied["after"]
+
+
+def test_rollback_refused_after_the_apply(applied):
+    refused(applied["rollback"], "rollback refused")
+    assert applied["after_rollback"] == applied["after"]
+
+
+# ---- refusals: each stops before writing and names its gate --------------------------------
+
+
+def test_review_refuses_the_author(ready):
+    restore_ready()
+    proc = review(ready.run_id, ready.sha, "alice", check=False)
+    refused(proc, "self-review", NOTHING_WRITTEN)
+    assert sql("SELECT count(*) FROM governance_reviews WHERE reviewer = 'alice'") == [("0",)]
+
+
+def test_review_refuses_evidence_not_of_that_run(ready):
+    proc = review(ready.run_id, "0" * 64, "carol", check=False)
+    refused(proc, "is not the evidence of run", NOTHING_WRITTEN)
+
+
+def test_apply_refuses_without_an_open_permit(ready):
+    restore_ready()
+    playbook("playbooks/permit.yml", "-e", "birth_stage2_permit_action=revoke")
+    before = state()
+    proc = apply(ready.run_id, check=False)
+    refused(proc, NOTHING_WRITTEN, "open_permit: permit", "playbooks/permit.yml")
+    assert state() == before
+
+
+def test_apply_ignores_a_self_review_row(ready):
+    restore_ready()
+    sql(
+        "DELETE FROM governance_reviews;\n"  # noqa: S608
+        "INSERT INTO governance_reviews (subject, author, reviewer, verdict, evidence_sha256) "
+        f"VALUES ('birth-stage2-qt001', 'alice', 'alice', 'approved', '{ready.sha}');"
+    )
+    assert sql("SELECT status FROM v_birth_qt001_apply_decision") == [("NOT_READY",)]
+    before = state()
+    proc = apply(ready.run_id, check=False)
+    refused(
+        proc, NOTHING_WRITTEN, "approved_independent_review", "1 self-review(s)",
+        "playbooks/review.yml",
+    )  # fmt: skip
+    assert "open_permit" not in proc.stdout
+    assert state() == before
+
+
+def test_apply_refuses_a_stale_review(ready):
+    restore_ready()
+    # New data after bob's review: the evidence changes (rows), the planned deltas do not.
+    sql("INSERT INTO field_type_equivalences (title) VALUES ('arrived after the review');")
+    fresh = dryrun("alice")
+    assert fresh["evidence"]["sha256"] != ready.sha
+    before = state()
+    proc = apply(fresh["run_id"], check=False)
+    refused(proc, NOTHING_WRITTEN, "approved_independent_review", "(stale)", "playbooks/review.yml")
+    # Confirming the reviewed (now stale) dry-run names both hashes.
+    proc = apply(ready.run_id, check=False)
+    refused(proc, NOTHING_WRITTEN, ready.sha, fresh["evidence"]["sha256"], "the data changed since")
+    assert state() == before
+
+
+def test_apply_refuses_a_no_go_collection(ready):
+    restore_ready()
+    # A row of dot_domain_rules whose code is NULL (loaded with its triggers off): unbirthable.
+    sql(
+        "ALTER TABLE dot_domain_rules ALTER COLUMN rule_code DROP NOT NULL;\n"
+        "SET session_replication_role = replica;\n"
+        "INSERT INTO dot_domain_rules (rule_code, title) VALUES (NULL, 'no code');"
+    )
+    fresh = dryrun("alice")
+    assert fresh["dryrun"]["collections"]["dot_domain_rules"]["no_go"] == "unbirthable_rows"
+    review(fresh["run_id"], fresh["evidence"]["sha256"], "bob")
+    before = state()
+    proc = apply(fresh["run_id"], check=False)
+    out = refused(proc, NOTHING_WRITTEN, "no_collection_no_go:dot_domain_rules", "unbirthable")
+    assert "approved_independent_review" not in out
+    assert state() == before
+
+
+def test_apply_refuses_while_another_run_holds_the_lock(ready):
+    restore_ready()
+    holder = background_psql(
+        "SET application_name = 'apply-test-lock-holder';\n"
+        f"SELECT pg_advisory_lock({LOCK_KEY});\nSELECT pg_sleep(600);\n"
+    )
+    try:
+        wait_for(
+            "SELECT 1 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE l.locktype = 'advisory' AND l.granted "
+            "AND a.application_name = 'apply-test-lock-holder'",
+            timeout=30,
+        )
+        before = state()
+        started = time.monotonic()
+        proc = apply(ready.run_id, check=False)
+        elapsed = time.monotonic() - started
+        refused(proc, "another Stage 2 run is in progress")
+        assert elapsed < 30, f"refusal took {elapsed:.1f} s"
+        assert state() == before
+    finally:
+        terminate("apply-test-lock-holder")
+        holder.kill()
+        holder.wait()
+
+
+# ---- interruption -------------------------------------------------------------------------------
+
+
+def test_interrupted_apply_resumes_to_the_same_end_state(ready, applied):
+    restore_ready()
+    # An uncommitted birth of the last missing dot_domain_rules code makes the apply's batch
+    # that reaches it wait; its session is then killed, as a dead link or an operator would.
+    blocker = background_psql(
+        "SET application_name = 'apply-test-blocker';\nBEGIN;\n"
+        "INSERT INTO birth_registry (collection_name, entity_code, birth_source) "
+        "VALUES ('dot_domain_rules', 'DOTD-00000412', 'backfill');\nSELECT pg_sleep(600);\n"
+    )
+    run_id = new_run_id("killed")
+    cmd = [
+        str(REPO / ".venv" / "bin" / "ansible-playbook"), "stage2.yml", "--tags", "apply",
+        "-e", f"birth_stage2_apply_confirm={ready.run_id}", "-e", f"birth_stage2_run_id={run_id}",
+        "-e", "birth_stage2_apply_batch_size=1", *EXTRA,
+    ]  # fmt: skip
+    env = lab_env()
+    env["PATH"] = f"{REPO / '.venv' / 'bin'}:{env.get('PATH', '')}"
+    play = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        wait_for(
+            "SELECT 1 FROM birth_backfill_ledger WHERE collection_name = 'dot_domain_rules' "
+            "AND status = 'applying'"
+        )
+        (pid,) = wait_for(
+            "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "  # noqa: S608
+            f"AND application_name = 'birth_stage2:{run_id}'"
+        )[0]
+        sql(f"SELECT pg_terminate_backend({pid})")
+        out, _ = play.communicate(timeout=120)
+    finally:
+        terminate("apply-test-blocker")
+        blocker.kill()
+        blocker.wait()
+        if play.poll() is None:
+            play.kill()
+    assert play.returncode != 0, out[-3000:]
+    assert "terminating connection" in out
+
+    mid = state()
+    ledger = {row[0]: row for row in mid["ledger"]}
+    applying = ledger["dot_domain_rules"]
+    assert applying[1] == "applying" and 0 <= int(applying[3]) < 67
+    assert {ledger[c][1] for c in ("apr_action_types", "apr_approvals")} == {"done"}
+    assert {ledger[c][1] for c in ("field_type_equivalences", "normative_relations")} == {"planned"}
+    assert len({row[4] for row in mid["ledger"]}) == 1  # every row linked to the one permit
+    assert mid["births"] == BIRTHS_BEFORE + sum(int(row[3]) for row in mid["ledger"])
+    assert [p[1] for p in mid["permits"] if p[1] in ("open", "consumed")] == ["consumed"]
+
+    # The rerun resumes under the same (consumed) permit: no new permit, no new review.
+    resumed_id = new_run_id("resume")
+    apply(ready.run_id, "-e", f"birth_stage2_run_id={resumed_id}")
+    assert summary(resumed_id)["apply"]["mode"] == "resume"
+    assert state() == applied["after"]
