@@ -41,7 +41,7 @@ def test_rollback_refuses_once_a_row_is_past_planned(host):
     assert playbook("stage2.yml").returncode == 0
     sql(
         host,
-        "UPDATE birth_backfill_ledger SET status = 'applying' "
+        "UPDATE birth_backfill_ledger SET status = 'done' "
         "WHERE plan_code = 'QT-001' AND collection_name = 'apr_approvals'",
     )
     after_run = fingerprint(host)
