@@ -26,27 +26,9 @@ description:
     The module behaves identically in check mode.
 author:
   - Birth Stage 2 automation
+extends_documentation_fragment:
+  - birth_stage2_connection
 options:
-  container:
-    description: Name of the Docker container that runs PostgreSQL.
-    type: str
-    required: true
-  db_name:
-    description: Database to connect to inside the container.
-    type: str
-    required: true
-  db_user:
-    description: Role psql connects as.
-    type: str
-    required: true
-  db_password:
-    description:
-      - Password for O(db_user); passed as C(PGPASSWORD) through the environment only.
-    type: str
-  docker_bin:
-    description: The docker client; a bare name is looked up on the host's PATH.
-    type: str
-    default: docker
   statement_timeout:
     description: PostgreSQL C(statement_timeout) for the snapshot query.
     type: str

@@ -27,29 +27,9 @@ description:
     script itself, not in the wrapped stdin.'
 author:
   - Birth Stage 2 automation
+extends_documentation_fragment:
+  - birth_stage2_connection
 options:
-  container:
-    description: Name of the Docker container that runs PostgreSQL.
-    type: str
-    required: true
-  db_name:
-    description: Database to connect to inside the container.
-    type: str
-    required: true
-  db_user:
-    description: Role psql connects as.
-    type: str
-    required: true
-  db_password:
-    description:
-      - Password for O(db_user), when the container's C(pg_hba.conf) asks for one.
-      - Passed as C(PGPASSWORD) through the environment of the docker client and
-        C(docker exec -e PGPASSWORD); never on a command line, never in the result.
-    type: str
-  docker_bin:
-    description: The docker client; a bare name is looked up on the host's PATH.
-    type: str
-    default: docker
   src:
     description:
       - Path, on the host the task runs on, of a staged C(.sql) file.
