@@ -133,7 +133,7 @@ EXAMPLES = r"""
     container: "{{ birth_stage2_container }}"
     db_name: "{{ birth_stage2_db_name }}"
     db_user: "{{ birth_stage2_db_user }}"
-    src: "{{ birth_stage2_stage_dir }}/01_classify.sql"
+    src: "{{ birth_stage2_staging_dir }}/01_classify.sql"
     psql_vars:
       registry: "{{ birth_stage2_objects.collection_registry }}"
   register: __birth_stage2_classify
@@ -143,7 +143,7 @@ EXAMPLES = r"""
     container: "{{ birth_stage2_container }}"
     db_name: "{{ birth_stage2_db_name }}"
     db_user: "{{ birth_stage2_db_user }}"
-    src: "{{ birth_stage2_stage_dir }}/10_dryrun_numbers.sql"
+    src: "{{ birth_stage2_staging_dir }}/10_dryrun_numbers.sql"
     read_only: true
   register: __birth_stage2_dryrun
 
@@ -152,7 +152,7 @@ EXAMPLES = r"""
     container: "{{ birth_stage2_container }}"
     db_name: "{{ birth_stage2_db_name }}"
     db_user: "{{ birth_stage2_db_user }}"
-    src: "{{ birth_stage2_stage_dir }}/03_apply_rehearsal.sql"
+    src: "{{ birth_stage2_staging_dir }}/03_apply_rehearsal.sql"
     transaction: rollback
 
 - name: Inline probe with a password kept out of argv and logs
