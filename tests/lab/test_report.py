@@ -249,7 +249,11 @@ def test_runner_keeps_events_stdout_and_exit_status(full_run):
     assert "PLAY RECAP" in (runner / "stdout").read_text()
     events = [json.loads(p.read_text()) for p in (runner / "job_events").glob("*.json")]
     tasks = {e["event_data"].get("task") for e in events if e["event"] == "runner_on_ok"}
-    assert {"Record preflight", "Record report", "Write the checkpoint (00_checkpoint.md)"} <= tasks
+    assert {
+        "Record preflight",
+        "Record report",
+        "Write the checkpoint and the evidence files (one call; 00_checkpoint.md, 01_... 10_...)",
+    } <= tasks
     command = json.loads((runner / "command").read_text())["command"]
     assert f"birth_stage2_run_id={run_id}" in command
     assert f"artifacts:   {run_dir}/" in proc.stdout
