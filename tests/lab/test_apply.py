@@ -186,6 +186,12 @@ def recap_changed(proc: subprocess.CompletedProcess) -> int:
 # ---- fixtures -------------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _pristine_lab_per_module():
+    """tests/lab/conftest.py's reset, of this module's lab database (BIRTH_LAB_DB)."""
+    playbook("playbooks/lab.yml", "-e", "lab_action=reset")
+
+
 @dataclass
 class Ready:
     run_id: str
@@ -195,7 +201,6 @@ class Ready:
 @pytest.fixture(scope="module")
 def ready():
     """Full Stage 2 run by alice, bob's approved review, an open permit; kept as a template."""
-    playbook("playbooks/lab.yml", "-e", "lab_action=reset")
     run_id = new_run_id("dryrun")
     playbook(
         "stage2.yml", "-e", f"birth_stage2_run_id={run_id}", "-e", "birth_stage2_operator=alice"
