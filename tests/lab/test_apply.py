@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import jsonschema
 import pytest
 
 from tests.conftest import LAB_DB, REPO, lab_env, lab_playbook, psql_prefix, run_psql
@@ -52,6 +53,7 @@ SAFETY_VIEWS = (
 # The advisory lock every Stage 2 psql session takes (module_utils/birth_stage2_psql.py).
 LOCK_KEY = int.from_bytes(hashlib.sha256(b"birth_stage2").digest()[:8], "big", signed=True)
 NOTHING_WRITTEN = "nothing was written"
+SCHEMA = json.loads((REPO / "docs" / "schema" / "summary.schema.json").read_text())
 
 
 # ---- plumbing -----------------------------------------------------------------------------
@@ -271,6 +273,7 @@ def test_apply_births_exactly_the_plan(applied):
     }
     assert grown == REPORT_DELTAS
     assert s["phases"] == ["preflight", "apply"]
+    jsonschema.validate(s, SCHEMA)
 
 
 def test_apply_ledger_done_and_permit_consumed(applied):
