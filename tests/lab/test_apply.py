@@ -92,6 +92,13 @@ def review(run_id: str, sha: str, reviewer: str, check: bool = True):
     )  # fmt: skip
 
 
+def open_permit() -> subprocess.CompletedProcess:
+    return playbook(
+        "playbooks/permit.yml", "-e", "birth_stage2_permit_action=open",
+        "-e", "birth_stage2_permit_issuer=owner", "-e", "birth_stage2_permit_expires_in=2h",
+    )  # fmt: skip
+
+
 def summary(run_id: str) -> dict:
     return json.loads((REPO / "reports" / run_id / "summary.json").read_text())
 
@@ -198,6 +205,8 @@ def _pristine_lab_per_module():
 class Ready:
     run_id: str
     sha: str
+    reviews: list[subprocess.CompletedProcess]
+    permits: list[subprocess.CompletedProcess]
 
 
 @pytest.fixture(scope="module")
@@ -210,13 +219,10 @@ def ready():
     s = summary(run_id)
     assert s["evidence"]["author"] == "alice"
     assert s["decision"]["status"] == "NOT_READY"
-    review(run_id, s["evidence"]["sha256"], "bob")
-    playbook(
-        "playbooks/permit.yml", "-e", "birth_stage2_permit_action=open",
-        "-e", "birth_stage2_permit_issuer=owner", "-e", "birth_stage2_permit_expires_in=2h",
-    )  # fmt: skip
+    reviews = [review(run_id, s["evidence"]["sha256"], "bob") for _ in range(2)]
+    permits = [open_permit() for _ in range(2)]
     save_ready()
-    yield Ready(run_id, s["evidence"]["sha256"])
+    yield Ready(run_id, s["evidence"]["sha256"], reviews, permits)
     playbook("playbooks/lab.yml", "-e", "lab_action=reset")
     admin(f'DROP DATABASE IF EXISTS "{READY_DB}" WITH (FORCE);')
 
@@ -341,6 +347,18 @@ def test_rollback_refused_after_the_apply(applied):
 # ---- refusals: each stops before writing and names its gate --------------------------------
 
 
+def test_review_and_permit_are_idempotent(ready):
+    assert [recap_changed(p) for p in ready.reviews] == [1, 0]
+    assert "Already recorded, nothing written" in ready.reviews[1].stdout
+    assert [recap_changed(p) for p in ready.permits] == [1, 0]
+    assert "Already open, nothing opened" in ready.permits[1].stdout
+    restore_ready()
+    assert sql(
+        "SELECT count(*) FROM governance_reviews WHERE reviewer = 'bob';\n"  # noqa: S608
+        f"SELECT count(*) FROM governance_permits WHERE scope = '{SCOPE}' AND status = 'open';"
+    ) == [("1",), ("1",)]
+
+
 def test_review_refuses_the_author(ready):
     restore_ready()
     proc = review(ready.run_id, ready.sha, "alice", check=False)
@@ -387,6 +405,9 @@ def test_apply_refuses_a_stale_review(ready):
     fresh = dryrun("alice")
     assert fresh["evidence"]["sha256"] != ready.sha
     before = state()
+    # A review of the old evidence is refused as stale.
+    proc = review(ready.run_id, ready.sha, "carol", check=False)
+    refused(proc, NOTHING_WRITTEN, "is stale", fresh["evidence"]["sha256"])
     proc = apply(fresh["run_id"], check=False)
     refused(proc, NOTHING_WRITTEN, "approved_independent_review", "(stale)", "playbooks/review.yml")
     # Confirming the reviewed (now stale) dry-run names both hashes.
