@@ -346,12 +346,13 @@ def main():
 
     effective = plan_transaction(p["transaction"], p["read_only"], module.check_mode)
     if effective is None:
+        # Nothing ran: no rc to report (Ansible reads a non-zero rc, None included, as failed).
         module.exit_json(
             changed=True,
             skipped_in_check_mode=True,
             transaction=p["transaction"],
             msg=f"would run {script}; a self-committing script cannot be rehearsed in check mode",
-            **common,
+            **{k: v for k, v in common.items() if k != "rc"},
         )
 
     try:

@@ -581,6 +581,7 @@ def test_module_skips_self_committing_script_in_check_mode(run_module, fake_dock
         "would run inline sql; a self-committing script cannot be rehearsed in check mode"
     )
     assert not fake_docker.called
+    assert "rc" not in out  # a null rc would read as a failure
 
 
 def test_module_maps_error_lines(run_module, fake_docker, connection, staged):
