@@ -209,7 +209,8 @@ def write(results: list[dict], cycle: dict | None, apply_md: str | None, argv: l
             for r in results
         )
         + ", against targets of 2.0x and 1.3x, so a playbook of any useful size cannot meet",
-        "them; what is left above the floor is the guard itself. At 12.1M births each snapshot counts births per",
+        "them; what is left above the floor is the guard itself. At 12.1M births each"
+        " snapshot counts births per",
         "collection, an O(births) index scan, twice per run, which is what grows with the",
         "registry. Closing it would mean dropping safety (no snapshots, no lock, no preflight)",
         "or a different runner (one long-lived SSH + psql session driven by a single module",
