@@ -78,8 +78,8 @@ def failed_row_problems(ledger):
     return [
         _problem(
             "ledger",
-            f"ledger row {r['id']} of {r['collection']} is failed "
-            f"(applied {r['applied']} of {r['expected']})",
+            f"ledger row {r['id']} of {r['collection']}"
+            f" is failed (applied {r['applied']} of {r['expected']})",
             "the collection changed under the apply: investigate with its owner "
             "(docs/RUNBOOK.md#apply-failed)",
         )
