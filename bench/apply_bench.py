@@ -38,10 +38,8 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-VENV = REPO / ".venv" / "bin"
-LAB = REPO / ".lab"
-CONTAINER = "birth-lab-pg"
+from labenv import CONTAINER, REPO, VENV, env
+
 FIXTURE = REPO / "bench" / "fixtures" / "missing_1m.sql"
 OUT = REPO / "docs" / "benchmarks.md"
 HEADING = "## Apply: batched procedure against one INSERT ... SELECT"
@@ -61,15 +59,6 @@ TARGET_BATCH_MS = 2000.0
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def env() -> dict[str, str]:
-    e = dict(os.environ)
-    e["PATH"] = f"{VENV}:{e.get('PATH', '')}"
-    e["DOCKER_HOST"] = f"unix://{LAB / 'podman.sock'}"
-    e["CONTAINERS_CONF"] = str(LAB / "containers.conf")
-    e["ANSIBLE_FORCE_COLOR"] = "0"
-    return e
 
 
 def run(argv: list[str], stdin: str | None = None) -> tuple[float, str]:

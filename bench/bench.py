@@ -33,21 +33,10 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-VENV = REPO / ".venv" / "bin"
-LAB = REPO / ".lab"
-CONTAINER = "birth-lab-pg"
+from labenv import CONTAINER, LAB, REPO, VENV, env
+
 STAGING_ROOT = "/opt/incomex/docs/mcp-writes"
 OUT = REPO / "docs" / "benchmarks.md"
-
-
-def env() -> dict[str, str]:
-    e = dict(os.environ)
-    e["PATH"] = f"{VENV}:{e.get('PATH', '')}"
-    e["DOCKER_HOST"] = f"unix://{LAB / 'podman.sock'}"
-    e["CONTAINERS_CONF"] = str(LAB / "containers.conf")
-    e["ANSIBLE_FORCE_COLOR"] = "0"
-    return e
 
 
 def run(argv: list[str], check: bool = True) -> tuple[float, subprocess.CompletedProcess]:
