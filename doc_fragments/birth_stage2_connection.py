@@ -28,4 +28,13 @@ options:
     description: The docker client; a bare name is looked up on the host's PATH.
     type: str
     default: docker
+  idle_timeout:
+    description:
+      - PostgreSQL C(idle_in_transaction_session_timeout) of the session, so a client that
+        stalls inside a transaction (a lost link) never holds its locks for long.
+      - The session is hardened too, whatever this says - C(search_path) is
+        C(pg_catalog, pg_temp), C(standard_conforming_strings) is on, and a wrapped
+        transaction is REPEATABLE READ.
+    type: str
+    default: 5min
 """

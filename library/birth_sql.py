@@ -105,6 +105,55 @@ options:
     description: Fail when the script printed no JSON document.
     type: bool
     default: true
+  lease_path:
+    description:
+      - The run lease on the host (the file M(birth_run_lock) takes). With O(lease_run_id),
+        the script runs only while that run still holds the lease - the fence. A run whose
+        lease was broken (another run took it over) or released stops before the script
+        starts, with a message that says so.
+      - While the script runs, the lease's C(refreshed_at) is moved forward every
+        O(heartbeat_seconds), so a long script never makes its run look stale. If the lease
+        is lost meanwhile, the script's session is cancelled inside the container
+        (C(pg_cancel_backend) by C(application_name)); what it committed before stays.
+      - In check mode the lease is checked and kept fresh too (the lease is the run's own,
+        released at its end; nothing else is written).
+    type: path
+  lease_run_id:
+    description: The run that must hold O(lease_path).
+    type: str
+  heartbeat_seconds:
+    description: How often the lease is refreshed (and checked) while the script runs.
+    type: int
+    default: 60
+  births:
+    description:
+      - Attribute births to this script's own transaction and judge them before it ends.
+        Births per collection are counted at the start of the wrapped transaction and again
+        before its C(COMMIT) or C(ROLLBACK), in the same REPEATABLE READ snapshot, so the
+        difference is exactly what the script did; what other sessions commit meanwhile is
+        invisible to it.
+      - A difference other than O(births.allowed), or a birth hidden by a deletion (the
+        largest birth id moved while no count did), raises inside the transaction, so
+        nothing of the step is committed.
+      - Ignored for O(read_only=true) and O(transaction=none) (the script owns its
+        transactions and must judge its own births).
+    type: dict
+    suboptions:
+      table:
+        description:
+          - The birth registry table (its C(collection_name) and C(id) columns are the
+            contract's).
+        type: str
+        required: true
+      schema:
+        description:
+          - Its schema (unqualified when empty, though the session's C(search_path) is
+            C(pg_catalog, pg_temp)).
+        type: str
+      allowed:
+        description: Births the script is declared to make, per collection, exactly.
+        type: dict
+        default: {}
 attributes:
   check_mode:
     support: full
@@ -232,6 +281,29 @@ skipped_in_check_mode:
   returned: always
   type: bool
   sample: false
+fenced:
+  description: True when the script did not run, or was cancelled, because this run no
+    longer held its lease (O(lease_path)).
+  returned: always
+  type: bool
+  sample: false
+outcome_unknown:
+  description: True when psql outlived O(timeout). Its session was cancelled inside the
+    container, but what a self-committing script committed before that is known only by
+    reading the state back.
+  returned: on failure
+  type: bool
+  sample: false
+births:
+  description:
+    - Births the script's own transaction made, per collection (zeros left out), counted
+      before its end in its own snapshot; null when O(births) was not asked for or did not
+      apply (read only, O(transaction=none), check mode skip).
+    - Under O(transaction=rollback) these births were rolled back with the rest; they are
+      what a committing run would have made.
+  returned: always
+  type: dict
+  sample: {}
 msg:
   description: What happened, or why it failed.
   returned: always
@@ -243,9 +315,17 @@ msg:
 import os  # noqa: E402
 import socket  # noqa: E402
 import tempfile  # noqa: E402
+import time  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+from ansible.module_utils.birth_stage2_lock import (  # noqa: E402
+    fence,
+    heartbeat,
+    read_lease,
+    replace_lease,
+)
 from ansible.module_utils.birth_stage2_psql import (  # noqa: E402
+    TIMEOUT_RC,
     TRANSACTIONS,
     build_command,
     connection_argument_spec,
@@ -253,6 +333,7 @@ from ansible.module_utils.birth_stage2_psql import (  # noqa: E402
     explain_error,
     parse_output,
     plan_transaction,
+    quote_literal,
     reported_changed,
     run_psql,
     stderr_lines,
@@ -275,6 +356,17 @@ def argument_spec():
         lock_wait_seconds={"type": "int", "default": 5},
         application_name={"type": "str", "default": "birth_stage2"},
         expect_json={"type": "bool", "default": True},
+        lease_path={"type": "path"},
+        lease_run_id={"type": "str"},
+        heartbeat_seconds={"type": "int", "default": 60},
+        births={
+            "type": "dict",
+            "options": {
+                "table": {"type": "str", "required": True},
+                "schema": {"type": "str"},
+                "allowed": {"type": "dict", "default": {}},
+            },
+        },
     )
     return spec
 
@@ -323,6 +415,61 @@ def stage_text(path, text):
     return True
 
 
+FENCE_HINT = (
+    "Read back what happened with ansible-playbook stage2.yml --tags dryrun; see "
+    "docs/RUNBOOK.md#lease-broken"
+)
+
+
+class Lease:
+    """The fence: this run's lease, checked and kept fresh around one script."""
+
+    def __init__(self, path, run_id):
+        self.path, self.run_id = path, run_id
+        self.lost = None
+
+    def check(self):
+        """Why this run must stop (and remember it), else refresh the heartbeat; None if ok."""
+        try:
+            existing = read_lease(self.path)
+            reason = fence(existing, self.run_id, self.path)
+            if reason is None:
+                replace_lease(self.path, heartbeat(existing, time.time()))
+        except (OSError, ValueError) as exc:
+            reason = f"the run lease {self.path} cannot be read or refreshed: {exc}"
+        if reason and not self.lost:
+            self.lost = reason
+        return reason
+
+    def hold(self, why):
+        """Mark the lease held on purpose (kept at release) while it is still this run's."""
+        try:
+            existing = read_lease(self.path)
+            if fence(existing, self.run_id, self.path) is None:
+                replace_lease(self.path, heartbeat(existing, time.time(), hold=why))
+        except (OSError, ValueError):
+            pass
+
+
+def cancel_session(module, argv_prefix, env):
+    """Cancel, inside the container, the sessions of this script's application_name."""
+    p = module.params
+    # The only value pasted is the application_name, quoted as a literal.
+    app = quote_literal(p["application_name"])
+    sql = (
+        "SELECT count(pg_catalog.pg_cancel_backend(a.pid)) FROM pg_catalog.pg_stat_activity a "  # noqa: S608
+        f"WHERE a.application_name = {app} AND a.pid <> pg_catalog.pg_backend_pid();"
+    )
+    rc, out, err, _ = run_psql([*argv_prefix, "-c", sql], "", 60, env)
+    if rc == 0:
+        return (
+            f"its session was cancelled inside the container ({out.strip() or 0} backend(s) "
+            f"with application_name {p['application_name']}); what it committed before that "
+            "stays committed"
+        )
+    return f"cancelling its session failed too ({err.strip()[-300:]})"
+
+
 def main():
     module = AnsibleModule(
         argument_spec=argument_spec(),
@@ -343,6 +490,19 @@ def main():
         except OSError as exc:
             module.fail_json(msg=f"cannot stage {script} at {stage_to}: {exc}", **common)
     common["staged_changed"] = staged_changed
+
+    lease = None
+    if p["lease_path"] and p["lease_run_id"]:
+        lease = Lease(p["lease_path"], p["lease_run_id"])
+        reason = lease.check()
+        if reason:
+            module.fail_json(
+                msg=f"{script}: {reason}; nothing of this script ran. {FENCE_HINT}",
+                fenced=True,
+                transaction=p["transaction"],
+                skipped_in_check_mode=False,
+                **common,
+            )
 
     effective = plan_transaction(p["transaction"], p["read_only"], module.check_mode)
     if effective is None:
@@ -365,6 +525,8 @@ def main():
             application_name=p["application_name"],
             transaction=effective,
             read_only=p["read_only"],
+            idle_timeout=p["idle_timeout"],
+            births=p["births"],
         )
         docker = p["docker_bin"]
         if "/" not in docker:
@@ -384,16 +546,65 @@ def main():
     env = dict(os.environ)
     if p["db_password"]:
         env["PGPASSWORD"] = p["db_password"]
-    rc, stdout, stderr, elapsed_ms = run_psql(argv, stdin_text, p["timeout"], env)
-    common.update(rc=rc, stderr_lines=stderr_lines(stderr))
-    outcome = {"transaction": effective, "skipped_in_check_mode": False, "elapsed_ms": elapsed_ms}
+    # The same docker exec psql, for a one-line cancel from outside the script's session.
+    side = build_command(docker, p["container"], p["db_user"], p["db_name"], {}, env_names)[:-2]
+    cancelled = []
 
+    def watch():
+        if lease is not None and lease.check() and not cancelled:
+            cancelled.append(cancel_session(module, side, env))
+
+    stopped = []
+
+    def on_timeout():
+        stopped.append(cancel_session(module, side, env))
+        return stopped[-1]
+
+    rc, stdout, stderr, elapsed_ms = run_psql(
+        argv,
+        stdin_text,
+        p["timeout"],
+        env,
+        watch=watch,
+        every=p["heartbeat_seconds"],
+        on_timeout=on_timeout,
+    )
+    common.update(rc=rc, stderr_lines=stderr_lines(stderr))
+    outcome = {
+        "transaction": effective,
+        "skipped_in_check_mode": False,
+        "elapsed_ms": elapsed_ms,
+        "fenced": bool(cancelled),
+    }
+
+    if cancelled:
+        module.fail_json(
+            msg=f"{script}: {lease.lost} while it ran; {cancelled[0]}. {FENCE_HINT}",
+            stderr=stderr,
+            **common,
+            **outcome,
+        )
+    if rc == TIMEOUT_RC:
+        if lease is not None:
+            lease.hold(f"the outcome of {script} is unknown (psql outlived {p['timeout']} s)")
+        module.fail_json(
+            msg=f"{script}: psql outlived its time budget of {p['timeout']} s; "
+            f"{stopped[-1] if stopped else 'its session may still be running'}.\n"
+            "Outcome unknown: the run keeps its lease; read the state back with "
+            "ansible-playbook stage2.yml --tags dryrun before anything else "
+            "(docs/RUNBOOK.md#outcome-unknown)",
+            stderr=stderr,
+            outcome_unknown=True,
+            **common,
+            **outcome,
+        )
     if rc != 0:
         msg = explain_error(stderr, preamble, script, body_lines=count_lines(body))
         module.fail_json(msg=msg, stderr=stderr, container=p["container"], **common, **outcome)
 
     parsed = parse_output(stdout)
     outcome.update(
+        births=parsed["markers"].get("births"),
         result=parsed["result"],
         documents=parsed["documents"],
         other_lines=parsed["other_lines"],

@@ -53,9 +53,12 @@ PSQL_SPECIAL_VARIABLES = frozenset(
     )
 )  # fmt: skip
 
-# Meta-commands a wrapped script may not use: they leave the session (and with it the lock
-# and the transaction), read host paths the container cannot see, divert the output the
-# module parses, or switch off the stop-on-error the wrapper relies on.
+# Meta-commands are refused unless listed here: psql runs shell commands (\\!, \\g |cmd,
+# \\copy ... program, backquotes), writes files (\\o, \\w), reconnects (\\c) or executes query
+# results as SQL (\\gexec) through them, and a value pasted into a script must never reach
+# one. These are the ones the templates use; each is checked for its arguments too.
+ALLOWED_META = frozenset(("gset", "if", "elif", "else", "endif"))
+# Why the common dangerous ones are refused (any other gets a generic reason).
 FORBIDDEN_META = {
     "c": "reconnects, dropping the wrapper's lock and transaction",
     "connect": "reconnects, dropping the wrapper's lock and transaction",
@@ -67,10 +70,24 @@ FORBIDDEN_META = {
     "include_relative": "reads a path the container cannot see; stage and pipe the file instead",
     "o": "diverts the output the module parses",
     "out": "diverts the output the module parses",
+    "!": "runs a shell command",
+    "g": "can pipe the query's output to a shell command or write a file",
+    "gx": "can pipe the query's output to a shell command or write a file",
+    "copy": "can run a program or read and write files",
+    "gexec": "executes query results as SQL",
+    "setenv": "changes the environment of the commands psql runs",
+    "w": "writes a file",
+    "write": "writes a file",
+    "e": "runs an editor",
+    "edit": "runs an editor",
+    "cd": "changes psql's directory",
+    "set": "changes psql's variables (ON_ERROR_STOP and the like) behind the wrapper",
+    "unset": "changes psql's variables (ON_ERROR_STOP and the like) behind the wrapper",
 }
 # Meta-commands that send the query buffer, ending a statement as ';' does.
 SENDING_META = frozenset(("g", "gx", "gset", "gexec", "gdesc", "crosstabview", "watch"))
 GUARDED_PSQL_SETTINGS = ("ON_ERROR_STOP", "AUTOCOMMIT", "ON_ERROR_ROLLBACK")
+_META_NAME = re.compile(r"[A-Za-z_]*")
 
 _VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _DURATION = re.compile(r"^\d+(\.\d+)?\s*(us|ms|s|min|h|d)?$")
@@ -326,6 +343,30 @@ def _transaction_control(words):
     return None
 
 
+def meta_problem(command):
+    """Why a meta-command (the text after its backslash) may not run, or None.
+
+    Only ALLOWED_META pass, and only with plain arguments: no backquote (psql runs its text
+    as a shell command), no second backslash (a further meta-command on the same line), and
+    ``\\gset``'s prefix a plain name.
+    """
+    # psql reads a command name as letters (\\gset, \\copy), else one character (\\!, \\?).
+    name = _META_NAME.match(command).group(0) or command[:1]
+    if name not in ALLOWED_META:
+        reason = FORBIDDEN_META.get(name, "is not one the Stage 2 templates use")
+        allowed = ", ".join("\\" + m for m in sorted(ALLOWED_META))
+        return f"\\{name} {reason}: meta-commands other than {allowed} are refused"
+    args = command[len(name) :]
+    if "`" in args:
+        return f"\\{name} has a backquote in its arguments (psql would run it as a shell command)"
+    if "\\" in args:
+        return f"\\{name} is followed by another meta-command on the same line"
+    words = args.split()
+    if name == "gset" and (len(words) > 1 or (words and not _VAR_NAME.match(words[0]))):
+        return f"\\gset takes at most one plain name as its prefix, got {args.strip()!r}"
+    return None
+
+
 def check_script(body, transaction):
     """Problems that would make the wrapper lie; raises ValueError listing every one."""
     scan = scan_script(body)
@@ -340,12 +381,9 @@ def check_script(body, transaction):
                     "transactions runs with transaction: none)"
                 )
     for line, command in scan["meta"]:
-        name = command.split(None, 1)[0] if command else ""
-        args = command.split()[1:]
-        if name in FORBIDDEN_META:
-            problems.append(f"line {line}: \\{name} {FORBIDDEN_META[name]}")
-        elif name in ("set", "unset") and args and args[0] in GUARDED_PSQL_SETTINGS:
-            problems.append(f"line {line}: \\{name} {args[0]} changes how the wrapper stops")
+        problem = meta_problem(command)
+        if problem:
+            problems.append(f"line {line}: {problem}")
     if scan["unterminated"] is not None:
         problems.append(
             f"line {scan['unterminated']}: the last statement has no ';' and would run "
@@ -414,6 +452,88 @@ def _lock_block(lock_name, lock_wait_seconds):
     ]
 
 
+BIRTHS_MARKER = "births"
+BIRTH_LEAK_TEXT = "birth guard FAILED inside this step's own transaction"
+
+
+def births_check_sql(births):
+    """(lines after BEGIN, lines before COMMIT) that attribute births to the transaction.
+
+    ``births``: ``{"schema": S, "table": T, "allowed": {collection: delta}}``, the registry
+    quoted here. Its ``collection_name`` and ``id`` columns are the contract's. The SQL
+    below pastes only that quoted name and a quoted literal (hence the S608 waivers).
+    """
+    if not isinstance(births, dict) or not births.get("table"):
+        raise ValueError(
+            f"births must be {{'schema': S, 'table': T, 'allowed': {{...}}}}, got {births!r}"
+        )
+    table = quote_ident(births["table"])
+    registry = f"{quote_ident(births['schema'])}.{table}" if births.get("schema") else table
+    allowed = births.get("allowed") or {}
+    if not isinstance(allowed, dict):
+        raise ValueError(f"births allowed must be a mapping collection -> delta, got {allowed!r}")
+    for collection, delta in allowed.items():
+        _check_text("births allowed collection", collection)
+        if isinstance(delta, bool) or not isinstance(delta, int):
+            raise ValueError(f"births allowed[{collection!r}] is {delta!r}, not an integer")
+    allowed_json = quote_literal(json.dumps(allowed, sort_keys=True))
+    leak = quote_literal(BIRTH_LEAK_TEXT)
+    head = [
+        "-- Births at the start of this transaction, in its own snapshot (REPEATABLE READ).",
+        "CREATE TEMP TABLE birth_stage2_births_before ON COMMIT DROP AS",
+        "  SELECT r.collection_name::text AS c, count(*)::bigint AS n,",
+        f"         (SELECT max(x.id) FROM {registry} x) AS max_id",  # noqa: S608
+        f"    FROM {registry} r GROUP BY 1;",
+    ]
+    tail = [
+        "-- Births this transaction made: the same snapshot plus its own writes, nothing else.",
+        "DO $birth_births$",
+        "DECLARE",
+        f"  v_allowed constant jsonb := {allowed_json}::jsonb;",
+        "  v_delta jsonb;",
+        "  v_bad text;",
+        "  v_max_before bigint;",
+        "  v_max_after bigint;",
+        "BEGIN",
+        "  SELECT max(b.max_id) INTO v_max_before FROM pg_temp.birth_stage2_births_before b;",
+        f"  SELECT max(x.id) INTO v_max_after FROM {registry} x;",  # noqa: S608
+        "  WITH a AS (",
+        "    SELECT r.collection_name::text AS c, count(*)::bigint AS n",
+        f"      FROM {registry} r GROUP BY 1",
+        "  ), d AS (",
+        "    SELECT coalesce(a.c, b.c) AS c, coalesce(a.n, 0) - coalesce(b.n, 0) AS delta",
+        "      FROM a FULL JOIN pg_temp.birth_stage2_births_before b ON b.c = a.c",
+        "  ), w AS (",
+        "    SELECT coalesce(d.c, x.key) AS c, coalesce(d.delta, 0) AS delta,",
+        "           coalesce(x.value::bigint, 0) AS allowed",
+        "      FROM d FULL JOIN jsonb_each_text(v_allowed) x ON x.key = d.c",
+        "  )",
+        "  SELECT coalesce(jsonb_object_agg(w.c, w.delta) FILTER (WHERE w.delta <> 0), '{}'),",
+        "         string_agg(format('%s %s (allowed %s)', quote_literal(w.c),",
+        "                           to_char(w.delta, 'SG999999999999'), w.allowed), '; '",
+        "                    ORDER BY w.c) FILTER (WHERE w.delta <> w.allowed)",
+        "    INTO v_delta, v_bad FROM w;",
+        "  IF v_bad IS NULL AND v_max_after IS DISTINCT FROM v_max_before",
+        "     AND NOT EXISTS (SELECT 1 FROM jsonb_each_text(v_allowed) x",
+        "                      WHERE x.value::bigint > 0) THEN",
+        "    v_bad := format('a birth hidden by a deletion: the largest birth id moved '",
+        "                    || 'from %s to %s while no collection''s count did',",
+        "                    v_max_before, v_max_after);",
+        "  END IF;",
+        "  PERFORM set_config('birth_stage2.births', v_delta::text, true);",
+        "  IF v_bad IS NOT NULL THEN",
+        "    RAISE EXCEPTION USING ERRCODE = 'integrity_constraint_violation',",
+        f"      MESSAGE = {leak} || ': ' || v_bad",
+        "                || '; the step is rolled back, nothing of it was committed',",
+        "      HINT = 'see docs/RUNBOOK.md#birth-leak';",
+        "  END IF;",
+        "END",
+        "$birth_births$;",
+        f"SELECT '{MARKER_PREFIX}{BIRTHS_MARKER}=' || current_setting('birth_stage2.births');",
+    ]
+    return head, tail
+
+
 def wrap_script(
     body,
     *,
@@ -424,11 +544,27 @@ def wrap_script(
     application_name="birth_stage2",
     transaction="commit",
     read_only=False,
+    idle_timeout="5min",
+    births=None,
 ):
     """The stdin text for psql and the number of lines that precede ``body`` in it.
 
     ``lock_name=None`` skips the advisory lock (read-only guards must never queue behind a
     run). ``transaction='none'`` leaves transactions to the script itself.
+
+    The session is hardened before the script's first line: ``search_path`` is
+    ``pg_catalog, pg_temp`` (a function or operator planted in ``public`` can never shadow a
+    built-in, so every live object is named with its schema), strings are standard
+    conforming (the quoting relies on it), an idle transaction is cut after
+    ``idle_timeout``, and a wrapped transaction is REPEATABLE READ: every read in it sees
+    one snapshot, so concurrent commits never mix into its figures.
+
+    ``births`` (``{"registry": quoted table name, "allowed": {collection: delta}}``), for a
+    wrapped transaction that may write, counts births per collection at the transaction's
+    start and again before its end, in the same snapshot: the difference is exactly what
+    this transaction did, whatever the application commits meanwhile. Any difference other
+    than ``allowed`` (or a birth hidden by a deletion: the largest id moved) raises before
+    COMMIT, so the step rolls back; the counted difference is printed as a marker.
     """
     _check_text("script", body)
     if transaction not in TRANSACTIONS:
@@ -440,14 +576,23 @@ def wrap_script(
         raise ValueError(f"lock_wait_seconds {lock_wait_seconds!r} must be an integer")
     if lock_wait_seconds < 0:
         raise ValueError(f"lock_wait_seconds {lock_wait_seconds!r} must not be negative")
+    if not isinstance(idle_timeout, str) or not _DURATION.match(idle_timeout.strip()):
+        raise ValueError(f"idle_timeout {idle_timeout!r} is not a duration such as '5min'")
     check_script(body, transaction)
+    birth_check = births_check_sql(births) if births and transaction != "none" else None
+    if birth_check and read_only:
+        birth_check = None  # a read-only transaction cannot birth anything
 
     lines = [
         "-- birth_stage2 wrapper (generated): settings, run lock, transaction, timing markers.",
         "\\set ON_ERROR_STOP 1",
+        # First: nothing below may resolve a name through a schema others can create in.
+        "SET search_path = pg_catalog, pg_temp;",
         "SET client_encoding = 'UTF8';",
+        "SET standard_conforming_strings = on;",
         f"SET application_name = {quote_literal(application_name)};",
         f"SET lock_timeout = {quote_literal(lock_timeout.strip())};",
+        f"SET idle_in_transaction_session_timeout = {quote_literal(idle_timeout.strip())};",
     ]
     if lock_name is not None:
         lines += _lock_block(lock_name, lock_wait_seconds)
@@ -459,9 +604,14 @@ def wrap_script(
     lines.append(T0_SELECT)
     trailer = []
     if transaction != "none":
-        lines.append("BEGIN READ ONLY;" if read_only else "BEGIN;")
+        lines.append(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ" + (" READ ONLY;" if read_only else ";")
+        )
         # Transaction-local: gone if the script commits or rolls back by itself (checked below).
         lines.append("SET LOCAL birth_stage2.wrapped = 'on';")
+        if birth_check:
+            lines += birth_check[0]
+            trailer += birth_check[1]
         trailer += [
             "DO $birth_wrap$ BEGIN",
             "  IF current_setting('birth_stage2.wrapped', true) IS DISTINCT FROM 'on' THEN",
@@ -491,6 +641,12 @@ def parse_output(stdout):
         line = raw.strip()
         if line.startswith(MARKER_PREFIX) and "=" in line:
             name, _, value = line[len(MARKER_PREFIX) :].partition("=")
+            if name == BIRTHS_MARKER:
+                try:
+                    markers[name] = json.loads(value)
+                    continue
+                except ValueError:
+                    pass
             try:
                 markers[name] = float(value)
                 continue
@@ -590,8 +746,14 @@ def explain_error(stderr, preamble_lines, script_name, body_lines=None):
 # --------------------------------------------------------------------------- running
 
 
-def run_psql(argv, stdin_text, timeout, env=None):
-    """Run argv with stdin_text; returns (rc, stdout, stderr, elapsed_ms). Never a shell."""
+def run_psql(argv, stdin_text, timeout, env=None, watch=None, every=60, on_timeout=None):
+    """Run argv with stdin_text; returns (rc, stdout, stderr, elapsed_ms). Never a shell.
+
+    ``watch`` (optional) is called every ``every`` seconds while the process runs: the
+    heartbeat of a long script. When the whole run outlives ``timeout``, ``on_timeout`` is
+    called first (to stop the session inside the container, which killing the docker client
+    does not), then the client is killed.
+    """
     started = time.monotonic()
 
     def _text(data):
@@ -599,29 +761,47 @@ def run_psql(argv, stdin_text, timeout, env=None):
             return ""
         return data.decode("utf-8", "replace") if isinstance(data, bytes) else data
 
+    def _elapsed():
+        return round((time.monotonic() - started) * 1000.0, 3)
+
     try:
-        proc = subprocess.run(
+        proc = subprocess.Popen(
             argv,
-            input=stdin_text.encode("utf-8"),
-            capture_output=True,
-            timeout=timeout,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             env=env,
-            check=False,
         )
-    except subprocess.TimeoutExpired as exc:
-        elapsed = round((time.monotonic() - started) * 1000.0, 3)
+    except OSError as exc:
+        return 127, "", f"cannot run {argv[0]}: {exc}", _elapsed()
+    data = stdin_text.encode("utf-8")
+    while True:
+        left = timeout - (time.monotonic() - started)
+        try:
+            # communicate() may be called again after a timeout, without the input (it keeps
+            # sending what is left of it).
+            out, err = proc.communicate(data, timeout=max(0.01, min(every, left)))
+            return proc.returncode, _text(out), _text(err), _elapsed()
+        except subprocess.TimeoutExpired:
+            data = None
+            if time.monotonic() - started < timeout:
+                if watch is not None:
+                    watch()
+                continue
+        stopped = on_timeout() if on_timeout is not None else None
+        proc.kill()
+        out, err = proc.communicate()
         note = (
             f"birth_stage2: psql did not finish within {timeout} s and the docker client was "
-            "killed; psql itself may still be running inside the container (docker exec does "
-            "not stop it): look for it in pg_stat_activity by application_name"
+            "killed; "
+            + (
+                stopped
+                or "psql itself may still be running inside the container (docker exec does "
+                "not stop it): look for it in pg_stat_activity by application_name"
+            )
         )
-        stderr = _text(exc.stderr)
-        return TIMEOUT_RC, _text(exc.stdout), (stderr + "\n" if stderr else "") + note, elapsed
-    except OSError as exc:
-        elapsed = round((time.monotonic() - started) * 1000.0, 3)
-        return 127, "", f"cannot run {argv[0]}: {exc}", elapsed
-    elapsed = round((time.monotonic() - started) * 1000.0, 3)
-    return proc.returncode, _text(proc.stdout), _text(proc.stderr), elapsed
+        stderr = _text(err)
+        return TIMEOUT_RC, _text(out), (stderr + "\n" if stderr else "") + note, _elapsed()
 
 
 def connection_argument_spec():
@@ -634,6 +814,7 @@ def connection_argument_spec():
         "docker_bin": {"type": "str", "default": "docker"},
         "statement_timeout": {"type": "str", "default": "30min"},
         "lock_timeout": {"type": "str", "default": "10s"},
+        "idle_timeout": {"type": "str", "default": "5min"},
         "timeout": {"type": "int", "default": 3600},
     }
 

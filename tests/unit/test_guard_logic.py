@@ -227,7 +227,11 @@ def test_module_snapshot_is_read_only_and_lockless(run_module, fake_docker, conn
         assert out["changed"] is False
         assert out["snapshot"] == SNAPSHOT
         lines = fake_docker.stdin.splitlines()
-        assert "BEGIN READ ONLY;" in lines and "ROLLBACK;" in lines and "COMMIT;" not in lines
+        assert (
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;" in lines
+            and "ROLLBACK;" in lines
+            and "COMMIT;" not in lines
+        )
         assert "pg_try_advisory_lock" not in fake_docker.stdin
         assert "SET application_name = 'birth_stage2_guard';" in lines
 

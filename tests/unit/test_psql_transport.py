@@ -169,7 +169,7 @@ SCRIPT_OK = [
     " SELECT CASE WHEN true THEN 1 END;\nEND;\nSELECT f();",
     "SELECT :'plan_code' AS plan;",
     "SELECT 1 \\gset\nSELECT :'x';",
-    "\\echo hello\nSELECT 1;",
+    "\\if :has_view\nSELECT 1;\n\\elif :other\nSELECT 3;\n\\else\nSELECT 2;\n\\endif\n",
     "SELECT 1;\n\n   \n-- trailing comment without semicolon\n",
 ]
 
@@ -194,8 +194,8 @@ def test_check_script_accepts(body):
         ("\\q\n", "none", ["line 1: \\q quits"]),
         ("\\i /opt/x.sql\n", "commit", ["line 1: \\i reads a path"]),
         ("\\o /tmp/out\nSELECT 1;", "commit", ["line 1: \\o diverts"]),
-        ("\\set ON_ERROR_STOP 0\nSELECT 1;", "none", ["line 1: \\set ON_ERROR_STOP"]),
-        ("\\unset ON_ERROR_STOP\nSELECT 1;", "commit", ["\\unset ON_ERROR_STOP"]),
+        ("\\set ON_ERROR_STOP 0\nSELECT 1;", "none", ["line 1: \\set changes psql's variables"]),
+        ("\\unset ON_ERROR_STOP\nSELECT 1;", "commit", ["line 1: \\unset changes"]),
         ("SELECT 1;\nSELECT 2", "commit", ["line 2: the last statement has no ';'"]),
         ("SELECT 'abc;\n", "commit", ["line 1: quote ' is never closed"]),
         ('SELECT "abc;\n', "commit", ['line 1: quote " is never closed']),
@@ -210,6 +210,46 @@ def test_check_script_refuses(body, transaction, expected):
         check_script(body, transaction)
     for text in expected:
         assert text in str(err.value)
+
+
+# Every way psql can reach a shell, a file or a second parser through a meta-command: a
+# value pasted into a template (a plan code with a newline) must never get one to run.
+META_ATTACKS = [
+    ("SELECT 1;\n\\! id > /tmp/x\n", "\\! runs a shell command"),
+    ("SELECT 1;\n\\!id\n", "\\! runs a shell command"),
+    ("SELECT 1 \\g |id\n", "\\g can pipe"),
+    ("SELECT 1 \\g /tmp/out\n", "\\g can pipe"),
+    ("SELECT 1 \\gx |id\n", "\\gx can pipe"),
+    ("\\copy (SELECT 1) TO PROGRAM 'id'\n", "\\copy can run a program"),
+    ("SELECT 'SELECT 1' \\gexec\n", "\\gexec executes query results"),
+    ("\\setenv PAGER id\nSELECT 1;", "\\setenv changes the environment"),
+    ("SELECT 1;\n\\w /tmp/x\n", "\\w writes a file"),
+    ("\\o |id\nSELECT 1;", "\\o diverts"),
+    ("\\echo hello\nSELECT 1;", "\\echo is not one the Stage 2 templates use"),
+    ("\\lo_export 1 /tmp/x\nSELECT 1;", "\\lo_export is not one"),
+    ("\\if `id`\nSELECT 1;\n\\endif\n", "\\if has a backquote"),
+    ("SELECT 1 AS x \\gset \\\\ \\! id\n", "another meta-command on the same line"),
+    ("SELECT 1 AS x \\gset a b\n", "\\gset takes at most one plain name"),
+    ("SELECT 1 AS x \\gset `id`\n", "\\gset has a backquote"),
+    ("-- QT-001\n\\! id\nSELECT 1;", "line 2: \\! runs a shell command"),
+]
+
+
+@pytest.mark.parametrize(("body", "expected"), META_ATTACKS)
+@pytest.mark.parametrize("transaction", ["commit", "rollback", "none"])
+def test_check_script_refuses_every_meta_command_outside_the_allow_list(
+    body, expected, transaction
+):
+    with pytest.raises(ValueError) as err:
+        check_script(body, transaction)
+    assert expected in str(err.value)
+
+
+@pytest.mark.parametrize(("body", "expected"), META_ATTACKS[:3])
+def test_wrap_script_refuses_meta_attacks_before_anything_runs(body, expected):
+    with pytest.raises(ValueError) as err:
+        wrap(body)
+    assert expected in str(err.value)
 
 
 def test_transaction_control_is_fine_when_the_script_owns_transactions():
@@ -251,11 +291,87 @@ def test_wrap_script_layout():
     assert "SET lock_timeout = '10s';" in lines
     # The body starts right after the preamble, so psql line - preamble = script line.
     assert lines[preamble] == "UPDATE t SET a = 1;"
-    assert lines[preamble - 2 : preamble] == ["BEGIN;", "SET LOCAL birth_stage2.wrapped = 'on';"]
+    assert lines[preamble - 2 : preamble] == [
+        "BEGIN ISOLATION LEVEL REPEATABLE READ;",
+        "SET LOCAL birth_stage2.wrapped = 'on';",
+    ]
     assert lines[preamble - 3].startswith("SELECT '@@birth_sql_t0='")
     assert lines[-2] == "COMMIT;"
     assert lines[-1].startswith("SELECT '@@birth_sql_t1='")
     assert text.endswith("\n")
+
+
+def test_wrap_script_hardens_the_session_before_the_script():
+    text, preamble = wrap(idle_timeout="2min")
+    lines = text.splitlines()
+    head = lines[:preamble]
+    # search_path first, before the lock block or anything that names a function.
+    assert lines[2] == "SET search_path = pg_catalog, pg_temp;"
+    assert "SET standard_conforming_strings = on;" in head
+    assert "SET idle_in_transaction_session_timeout = '2min';" in head
+    assert text.index("search_path") < text.index("pg_try_advisory_lock")
+
+
+@pytest.mark.parametrize("read_only", [False, True])
+def test_wrap_script_every_wrapped_transaction_is_one_snapshot(read_only):
+    text, preamble = wrap(read_only=read_only)
+    assert text.splitlines()[preamble - 2].startswith("BEGIN ISOLATION LEVEL REPEATABLE READ")
+
+
+BIRTHS = {"schema": "public", "table": "birth_registry", "allowed": {}}
+
+
+def test_wrap_script_births_counts_inside_the_transaction():
+    text, preamble = wrap(births=BIRTHS)
+    lines = text.splitlines()
+    begin = lines.index("BEGIN ISOLATION LEVEL REPEATABLE READ;")
+    # The first statement after BEGIN takes the snapshot: the before-counts.
+    assert lines[begin + 3] == "CREATE TEMP TABLE birth_stage2_births_before ON COMMIT DROP AS"
+    assert '    FROM "public"."birth_registry" r GROUP BY 1;' in lines[begin + 2 : preamble]
+    # The after-counts and the judgement run before COMMIT, the marker right after them.
+    check = text.index("DO $birth_births$")
+    assert text.index("UPDATE t SET a = 1;") < check < text.index("\nCOMMIT;")
+    assert "RAISE EXCEPTION" in text[check:] and "rolled back" in text[check:]
+    assert "SELECT '@@birth_sql_births=' || current_setting('birth_stage2.births');" in lines
+    assert "  v_allowed constant jsonb := '{}'::jsonb;" in lines
+
+
+def test_wrap_script_births_allowed_are_exact_literals():
+    births = dict(BIRTHS, table='odd"name', allowed={"knowledge_documents": 1, "it's": -1})
+    text, _ = wrap(births=births)
+    assert '"public"."odd""name"' in text
+    allowed = """'{"it''s": -1, "knowledge_documents": 1}'::jsonb;"""
+    assert f"v_allowed constant jsonb := {allowed}" in text
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"read_only": True}, {"transaction": "none", "body": "SELECT 1;\n"}]
+)
+def test_wrap_script_births_not_counted_where_nothing_is_judged(kwargs):
+    body = kwargs.pop("body", BODY)
+    text, _ = wrap(body, births=BIRTHS, **kwargs)
+    assert "birth_stage2_births_before" not in text
+
+
+@pytest.mark.parametrize(
+    ("births", "named"),
+    [
+        ({"schema": "public"}, "births must be"),
+        (dict(BIRTHS, allowed={"x": "1"}), "births allowed['x']"),
+        (dict(BIRTHS, allowed={"x": True}), "births allowed['x']"),
+        (dict(BIRTHS, allowed=[1]), "mapping"),
+    ],
+)
+def test_wrap_script_births_rejects(births, named):
+    with pytest.raises(ValueError) as err:
+        wrap(births=births)
+    assert named in str(err.value)
+
+
+def test_parse_output_reads_the_births_marker():
+    out = parse_output('@@birth_sql_births={"a": 2}\n{"changed": true}\n')
+    assert out["markers"]["births"] == {"a": 2}
+    assert out["documents"] == [{"changed": True}]
 
 
 def test_wrap_script_lock_block():
@@ -284,10 +400,10 @@ def test_wrap_script_without_lock():
 @pytest.mark.parametrize(
     ("transaction", "read_only", "begin", "end"),
     [
-        ("commit", False, "BEGIN;", "COMMIT;"),
-        ("rollback", False, "BEGIN;", "ROLLBACK;"),
-        ("commit", True, "BEGIN READ ONLY;", "COMMIT;"),
-        ("rollback", True, "BEGIN READ ONLY;", "ROLLBACK;"),
+        ("commit", False, "BEGIN ISOLATION LEVEL REPEATABLE READ;", "COMMIT;"),
+        ("rollback", False, "BEGIN ISOLATION LEVEL REPEATABLE READ;", "ROLLBACK;"),
+        ("commit", True, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;", "COMMIT;"),
+        ("rollback", True, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;", "ROLLBACK;"),
     ],
 )
 def test_wrap_script_transactions(transaction, read_only, begin, end):
@@ -563,7 +679,7 @@ def test_module_read_only_never_changed(run_module, fake_docker, connection):
     for check_mode in (False, True):
         out = run_module("birth_sql", dict(connection, sql="SELECT 1;", read_only=True), check_mode)
         assert out["changed"] is False
-        assert "BEGIN READ ONLY;" in fake_docker.stdin.splitlines()
+        assert "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;" in fake_docker.stdin.splitlines()
         assert out["transaction"] == "commit"
 
 
@@ -690,3 +806,19 @@ def test_module_stages_nothing_in_check_mode(run_module, fake_docker, connection
     assert not target.exists()
     assert out["staged_changed"] is False
     assert out["transaction"] == "rollback"
+
+
+def test_run_psql_watches_a_long_process_and_stops_it_at_its_time_budget():
+    seen, stopped = [], []
+    rc, _out, _err, _ms = run_psql(
+        ["sh", "-c", "cat >/dev/null; sleep 1.3"],
+        "x" * 200_000,
+        10,
+        watch=lambda: seen.append(1),
+        every=0.3,
+    )
+    assert rc == 0 and len(seen) >= 2
+    rc, _out, err, _ms = run_psql(
+        ["sh", "-c", "sleep 5"], "", 0.5, on_timeout=lambda: stopped.append(1) or "stopped it"
+    )
+    assert rc == TIMEOUT_RC and stopped == [1] and "stopped it" in err
