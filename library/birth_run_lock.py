@@ -118,11 +118,7 @@ msg:
 """
 
 # Ansible's layout puts the documentation first, hence the imports below it (E402).
-import contextlib  # noqa: E402
-import errno  # noqa: E402
-import json  # noqa: E402
 import os  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
@@ -134,66 +130,13 @@ from ansible.module_utils.birth_stage2_lock import (  # noqa: E402
     REFRESH,
     REMOVE,
     STATES,
+    create_lease,
     decide,
     new_lease,
-    parse_lease,
+    read_lease,
+    remove_lease,
+    replace_lease,
 )
-
-
-def read_lease(path):
-    """The current lease, or None when there is no file."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return parse_lease(handle.read())
-    except FileNotFoundError:
-        return None
-
-
-def _temp_with(path, lease):
-    """A temporary file next to ``path`` holding ``lease``, flushed to disk."""
-    fd, tmp = tempfile.mkstemp(prefix=".birth_stage2_lease.", dir=os.path.dirname(path) or ".")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(lease, handle, sort_keys=True)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.chmod(tmp, 0o644)
-    return tmp
-
-
-def create_lease(path, lease):
-    """Create ``path`` only if absent, complete from its first instant; False if it exists."""
-    tmp = _temp_with(path, lease)
-    try:
-        try:
-            os.link(tmp, path)
-            return True
-        except FileExistsError:
-            return False
-        except OSError as exc:
-            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EXDEV):
-                raise
-        # No hard links on this filesystem: exclusive create (a crash can leave it empty,
-        # which reads back as an UNREADABLE lease, never as a free one).
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            return False
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(lease, handle, sort_keys=True)
-            handle.write("\n")
-        return True
-    finally:
-        os.unlink(tmp)
-
-
-def replace_lease(path, lease):
-    os.replace(_temp_with(path, lease), path)
-
-
-def remove_lease(path):
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
 
 
 def main():

@@ -6,14 +6,21 @@ whole run: one run holds it from preflight to report, and any other run is refus
 message naming the holder. A lease that looks abandoned is never taken over silently: the
 operator breaks it by naming its run id (``break_run_id``).
 
-``decide`` is pure (no I/O, ``now`` passed in) so every case is a row in a unit test; the
-module only reads the file, calls ``decide`` and carries out the action.
+``decide`` and ``fence`` are pure (no I/O, ``now`` passed in) so every case is a row in a
+unit test; the modules only read the file, call them and carry out the action. The file I/O
+(atomic create, replace, remove) is here too, shared by ``birth_run_lock`` (which takes and
+releases the lease) and ``birth_sql`` (which checks it before every script and keeps it
+fresh while the script runs: the fence).
 """
 
 from __future__ import annotations
 
 import calendar
+import contextlib
+import errno
 import json
+import os
+import tempfile
 import time
 
 STATES = ("acquired", "released", "checked")
@@ -73,6 +80,8 @@ def describe(lease, now):
     since = lease.get("acquired_at") or "an unknown time"
     last = "never refreshed" if age is None else f"last seen {age} s ago"
     note = "; the lease file is not valid JSON" if lease.get("unreadable") else ""
+    if lease.get("hold"):
+        note += f"; held on purpose: {lease['hold']}"
     return f"owner {lease.get('owner') or 'unknown'}, since {since}, {last}{note}", age
 
 
@@ -103,6 +112,14 @@ def decide(existing, run_id, now, stale_after, break_run_id=None, state="acquire
         if state == "acquired":
             return REFRESH, f"Stage 2 run lock {where} already held by this run {run_id}; refreshed"
         if state == "released":
+            if existing.get("hold"):
+                # A step's outcome is unknown: the lease stays until someone has read the
+                # state back and breaks it by name.
+                return NOOP, (
+                    f"Stage 2 run lock {where} kept for run {run_id}: {existing['hold']}. "
+                    "Read the state back (ansible-playbook stage2.yml --tags dryrun -e "
+                    f"birth_stage2_break_lock={run_id}), which also frees it"
+                )
             return REMOVE, f"Stage 2 run lock {where} released by run {run_id}"
         return OURS, f"Stage 2 run lock {where} is held by this run {run_id}"
 
@@ -135,3 +152,92 @@ def decide(existing, run_id, now, stale_after, break_run_id=None, state="acquire
         f"-e birth_stage2_break_lock={holder}"
     )
     return FAIL_HELD, message
+
+
+def fence(existing, run_id, path=None):
+    """None when ``run_id`` still holds the lease, else why this run must stop now.
+
+    A run whose lease was broken (another run took it) or released must not write again:
+    ``birth_sql`` checks this before every script and while a long one runs.
+    """
+    where = path or "the run lock"
+    if existing is None:
+        return (
+            f"the run lease {where} is gone (released or broken): run {run_id} no longer "
+            "holds it, so it stops here"
+        )
+    holder = existing.get("run_id")
+    if holder == run_id:
+        return None
+    text, _age = describe(existing, time.time())
+    return (
+        f"the run lease {where} now belongs to run {holder} ({text}), not to this run "
+        f"{run_id}: it was broken, so this run stops here"
+    )
+
+
+def heartbeat(existing, now, hold=None):
+    """The lease with ``refreshed_at`` moved to ``now`` (and ``hold`` set when given)."""
+    lease = dict(existing)
+    lease["refreshed_at"] = iso(now)
+    if hold:
+        lease["hold"] = hold
+    return lease
+
+
+def read_lease(path):
+    """The current lease, or None when there is no file."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return parse_lease(handle.read())
+    except FileNotFoundError:
+        return None
+
+
+def _temp_with(path, lease):
+    """A temporary file next to ``path`` holding ``lease``, flushed to disk."""
+    fd, tmp = tempfile.mkstemp(prefix=".birth_stage2_lease.", dir=os.path.dirname(path) or ".")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(lease, handle, sort_keys=True)
+        handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.chmod(tmp, 0o644)
+    return tmp
+
+
+def create_lease(path, lease):
+    """Create ``path`` only if absent, complete from its first instant; False if it exists."""
+    tmp = _temp_with(path, lease)
+    try:
+        try:
+            os.link(tmp, path)
+            return True
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EXDEV):
+                raise
+        # No hard links on this filesystem: exclusive create (a crash can leave it empty,
+        # which reads back as an UNREADABLE lease, never as a free one).
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(lease, handle, sort_keys=True)
+            handle.write("\n")
+        return True
+    finally:
+        os.unlink(tmp)
+
+
+def replace_lease(path, lease):
+    """Replace ``path`` atomically with ``lease``."""
+    os.replace(_temp_with(path, lease), path)
+
+
+def remove_lease(path):
+    """Remove ``path``; already gone is fine."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)

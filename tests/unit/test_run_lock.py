@@ -18,6 +18,8 @@ from ansible.module_utils.birth_stage2_lock import (
     UNREADABLE,
     decide,
     epoch,
+    fence,
+    heartbeat,
     iso,
     new_lease,
     parse_lease,
@@ -222,3 +224,70 @@ def test_module_unreadable_lease(run_module, lock_path):
     out = run_module("birth_run_lock", args)
     assert out["action"] == BREAK
     assert json.loads(lock_path.read_text())["run_id"] == MINE
+
+
+# ----------------------------------------------------------------------------- the fence
+
+
+def test_fence_lets_only_the_holder_write():
+    now = 1_700_000_000.0
+    assert fence(new_lease(MINE, now), MINE, "/x/lock") is None
+    broken = fence(new_lease(OTHER, now, "them@host"), MINE, "/x/lock")
+    assert "now belongs to run run-other" in broken and "it was broken" in broken
+    assert "owner them@host" in broken
+    assert "is gone (released or broken)" in fence(None, MINE, "/x/lock")
+
+
+def test_heartbeat_moves_refreshed_at_only():
+    lease = new_lease(MINE, 1_700_000_000.0, "me@host")
+    later = heartbeat(lease, 1_700_000_600.0)
+    assert later["refreshed_at"] == iso(1_700_000_600.0)
+    assert {k: v for k, v in later.items() if k != "refreshed_at"} == {
+        k: v for k, v in lease.items() if k != "refreshed_at"
+    }
+    assert heartbeat(lease, 1_700_000_600.0, hold="outcome unknown")["hold"] == "outcome unknown"
+
+
+def test_a_held_lease_is_kept_at_release_and_named_to_others():
+    now = 1_700_000_000.0
+    held = heartbeat(new_lease(MINE, now), now, hold="the outcome of 05.sql is unknown")
+    action, message = decide(held, MINE, now, 1800, state="released")
+    assert action == NOOP
+    assert "kept for run run-mine" in message and "birth_stage2_break_lock=run-mine" in message
+    action, message = decide(held, OTHER, now, 1800)
+    assert action == FAIL_HELD and "held on purpose: the outcome of 05.sql" in message
+    # Broken by name, as the runbook says, it is taken over.
+    assert decide(held, OTHER, now, 1800, break_run_id=MINE)[0] == BREAK
+
+
+def test_module_sql_refuses_to_run_without_the_lease(run_module, fake_docker, lock_path):
+    write(lock_path, OTHER, 5)
+    out = run_module(
+        "birth_sql",
+        {
+            "container": "pg",
+            "db_name": "d",
+            "db_user": "u",
+            "sql": "SELECT 1;",
+            "lease_path": str(lock_path),
+            "lease_run_id": MINE,
+        },
+    )
+    assert out["failed"] and out["fenced"] and out["rc"] is None
+    assert (
+        "now belongs to run run-other" in out["msg"] and "nothing of this script ran" in out["msg"]
+    )
+    assert not fake_docker.called
+
+
+def test_module_sql_refreshes_the_lease_it_holds(run_module, fake_docker, lock_path):
+    write(lock_path, MINE, 900)
+    before = json.loads(lock_path.read_text())["refreshed_at"]
+    connection = {"container": "pg", "db_name": "d", "db_user": "u"}
+    fake_docker.answer_json({"changed": False})
+    out = run_module(
+        "birth_sql",
+        dict(connection, sql="SELECT 1;", lease_path=str(lock_path), lease_run_id=MINE),
+    )
+    assert not out.get("failed"), out
+    assert json.loads(lock_path.read_text())["refreshed_at"] > before
