@@ -92,7 +92,16 @@ options:
     description:
       - The snapshot taken before the step (the C(snapshot) of a registered
         O(action=snapshot) result; the whole registered result is accepted too).
-      - Required with O(action=assert).
+      - With O(action=assert), O(before) or O(attributed) is required. With O(attributed),
+        O(before) only serves to report the registry's global movement.
+    type: dict
+  attributed:
+    description:
+      - Births Stage 2's own transactions made, per collection (each step's C(births) as
+        M(birth_sql) returns it, summed). The invariant is then asserted on these alone, so
+        births the application makes meanwhile are never mistaken for Stage 2's.
+      - With O(before), the registry's global movement since O(before) is read too and
+        reported as RV(births_by_others) (global minus attributed), never a failure.
     type: dict
   after:
     description:
@@ -118,9 +127,12 @@ options:
     type: str
     default: ""
   hint:
-    description: Last line of the failure message, pointing at the fix.
+    description:
+      - Last line of the failure message, pointing at the fix.
+      - By default, with O(attributed) (births counted by transactions that had
+        committed), it says so and how to read them back; otherwise
+        C(nothing was committed by guarded steps; see docs/RUNBOOK.md#birth-leak).
     type: str
-    default: "nothing was committed by guarded steps; see docs/RUNBOOK.md#birth-leak"
 attributes:
   check_mode:
     support: full
@@ -242,10 +254,28 @@ after:
   type: dict
   sample: {"total": 50000, "per_collection": {"dot_domain_rules": 1500}}
 deltas:
-  description: Per-collection change between the snapshots, zeros left out.
-  returned: when action is assert
+  description: Per-collection change between the snapshots (the registry's global
+    movement, whoever made it), zeros left out.
+  returned: when action is assert with O(before)
   type: dict
   sample: {"knowledge_documents": 1}
+attributed:
+  description: Stage 2's own births per collection, as given in O(attributed).
+  returned: when action is assert with O(attributed)
+  type: dict
+  sample: {}
+attributed_total:
+  description: The sum of RV(attributed).
+  returned: when action is assert with O(attributed)
+  type: int
+  sample: 0
+births_by_others:
+  description: The registry's global movement since O(before) minus Stage 2's own births,
+    per collection, zeros left out - the application's births during the run. Reported,
+    never a failure.
+  returned: when action is assert with O(attributed) and O(before)
+  type: dict
+  sample: {"knowledge_documents": 12}
 msg:
   description: A one-line summary, or one line per violation on failure.
   returned: always
@@ -258,11 +288,14 @@ import os  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 from ansible.module_utils.birth_stage2_guard import (  # noqa: E402
+    COMMITTED_HINT,
     DEFAULT_OBJECTS,
     FIX_HINT,
     INVARIANTS,
     SCHEMA_KEY,
+    as_attributed,
     as_snapshot,
+    births_by_others,
     compare,
     deltas,
     format_violations,
@@ -294,12 +327,13 @@ def argument_spec():
             "options": {key: {"type": "str"} for key in (*DEFAULT_OBJECTS, SCHEMA_KEY)},
         },
         before={"type": "dict"},
+        attributed={"type": "dict"},
         after={"type": "dict"},
         invariant={"type": "str", "choices": list(INVARIANTS)},
         expected_growth={"type": "dict"},
         allowed={"type": "dict", "default": {}},
         label={"type": "str", "default": ""},
-        hint={"type": "str", "default": FIX_HINT},
+        hint={"type": "str"},
     )
     return spec
 
@@ -349,11 +383,18 @@ def take_snapshot(module):
 def main():
     module = AnsibleModule(
         argument_spec=argument_spec(),
-        required_if=[("action", "assert", ("before", "invariant"))],
+        required_if=[
+            ("action", "assert", ("invariant",)),
+            ("action", "assert", ("before", "attributed"), True),
+        ],
         supports_check_mode=True,
     )
     p = module.params
     label = p["label"]
+    if p["hint"] is None:
+        # Births judged from their transactions' own counts were committed by then (a step
+        # whose births were wrong inside its transaction failed and rolled back instead).
+        p["hint"] = COMMITTED_HINT if p["attributed"] is not None else FIX_HINT
 
     if p["action"] == "snapshot":
         snapshot = take_snapshot(module)
@@ -364,6 +405,8 @@ def main():
             f"{len(snapshot['per_collection'])} collections",
         )
 
+    if p["attributed"] is not None:
+        assert_attributed(module)
     after = p["after"] if p["after"] is not None else take_snapshot(module)
     try:
         violations = compare(
@@ -389,6 +432,50 @@ def main():
     if violations:
         module.fail_json(msg=format_violations(label, violations, hint=p["hint"]), **result)
     module.exit_json(msg=f"{format_violations(label, [])}: {p['invariant']} holds", **result)
+
+
+def assert_attributed(module):
+    """Judge Stage 2's own births; report the registry's global movement beside them."""
+    p = module.params
+    label = p["label"]
+    try:
+        zero, ours = as_attributed(p["attributed"])
+        violations = compare(
+            zero, ours, p["invariant"], expected_growth=p["expected_growth"], allowed=p["allowed"]
+        )
+        result = {
+            "changed": False,
+            "ok": not violations,
+            "violations": violations,
+            "attributed": ours["per_collection"],
+            "attributed_total": ours["total"],
+        }
+        if p["before"] is not None:
+            after = p["after"] if p["after"] is not None else take_snapshot(module)
+            moved = deltas(p["before"], after)
+            result.update(
+                before_total=as_snapshot("before", p["before"])["total"],
+                after_total=as_snapshot("after", after)["total"],
+                after=after,
+                deltas=moved,
+                births_by_others=births_by_others(moved, ours["per_collection"]),
+            )
+    except ValueError as exc:
+        module.fail_json(msg=f"birth guard after '{label}': {exc}")
+    others = result.get("births_by_others")
+    note = (
+        f"; births by others during the run: {sum(others.values()):+d} "
+        f"({', '.join(f'{c} {n:+d}' for c, n in others.items()) or 'none'}), never a failure"
+        if others is not None
+        else ""
+    )
+    if violations:
+        module.fail_json(msg=format_violations(label, violations, hint=p["hint"]) + note, **result)
+    module.exit_json(
+        msg=f"{format_violations(label, [])}: {p['invariant']} holds on Stage 2's own births"
+        f" ({ours['total']:+d}){note}",
+        **result,
+    )
 
 
 if __name__ == "__main__":

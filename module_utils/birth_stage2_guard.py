@@ -32,6 +32,12 @@ DEFAULT_OBJECTS = {
 # they resolve through the session's search_path).
 SCHEMA_KEY = "schema"
 FIX_HINT = "nothing was committed by guarded steps; see docs/RUNBOOK.md#birth-leak"
+# For births judged after the transactions that made them had committed.
+COMMITTED_HINT = (
+    "these births were committed by Stage 2's own transactions: read them back "
+    "(SELECT * FROM <birth registry> ORDER BY id DESC) and follow docs/RUNBOOK.md#birth-leak "
+    "before any rerun"
+)
 
 # The contract fixes the registry's identity column name; only object names are variables.
 _ID_COLUMN = "id"
@@ -189,6 +195,30 @@ def deltas(before, after):
     out = {}
     for collection in sorted(set(b_per) | set(a_per)):
         delta = a_per.get(collection, 0) - b_per.get(collection, 0)
+        if delta:
+            out[collection] = delta
+    return out
+
+
+def as_attributed(attributed):
+    """A snapshot pair (zero, attributed) so that ``compare`` judges Stage 2's own births.
+
+    ``attributed`` maps each collection to the births Stage 2's own transactions made (each
+    counted inside its transaction, in its own snapshot: the application's concurrent births
+    are not in it).
+    """
+    per = _deltas("attributed", attributed)
+    zero = {"per_collection": {}, "total": 0}
+    return zero, {"per_collection": per, "total": sum(per.values())}
+
+
+def births_by_others(global_deltas, attributed):
+    """What moved in the registry during the run but not in Stage 2's transactions."""
+    moved = _deltas("global", global_deltas)
+    ours = _deltas("attributed", attributed)
+    out = {}
+    for collection in sorted(set(moved) | set(ours)):
+        delta = moved.get(collection, 0) - ours.get(collection, 0)
         if delta:
             out[collection] = delta
     return out
