@@ -47,6 +47,18 @@ def test_add_births_rejects(bad):
         births.add_births({}, bad)
 
 
+def test_applied_births_are_what_the_batches_moved():
+    before = [{"collection": "a", "applied": 0}, {"collection": "b", "applied": 5}]
+    after = [
+        {"collection": "a", "applied": 67},
+        {"collection": "b", "applied": 5},
+        {"collection": "c", "applied": 2},
+    ]
+    assert births.applied_births(before, after) == {"a": 67, "c": 2}
+    with pytest.raises(ValueError):
+        births.applied_births({}, [])
+
+
 def test_attributed_births_are_judged_alone():
     zero, ours = guard.as_attributed({"kd": 1})
     assert guard.compare(zero, ours, "birth_neutral", allowed={"kd": 1}) == []

@@ -40,6 +40,27 @@ def add_births(total, step_result):
     return {c: n for c, n in sorted(out.items()) if n}
 
 
+def applied_births(before, after):
+    """Births the apply's batches committed: per collection, applied after minus before.
+
+    ``before`` and ``after`` are lists of ledger rows ``{collection, applied}`` (the plan
+    view's, read before and after the CALLs); each batch moved its row's ``applied`` in the
+    same transaction as its births.
+    """
+    if not isinstance(before, list) or not isinstance(after, list):
+        raise ValueError("applied_births takes two lists of {collection, applied} rows")
+    was = {r["collection"]: int(r.get("applied") or 0) for r in before}
+    out = {}
+    for row in after:
+        delta = int(row.get("applied") or 0) - was.get(row["collection"], 0)
+        if delta:
+            out[row["collection"]] = delta
+    return out
+
+
 class FilterModule:
     def filters(self):
-        return {"birth_stage2_add_births": add_births}
+        return {
+            "birth_stage2_add_births": add_births,
+            "birth_stage2_applied_births": applied_births,
+        }
