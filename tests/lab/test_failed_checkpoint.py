@@ -12,11 +12,22 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
+import time
 
 import pytest
 
-from tests.conftest import REPO
-from tests.lab.test_failures import LOCK_PATH, births, new_run_id, play, reset_lab, sql
+from tests.conftest import LAB_DIR, REPO, lab_env
+from tests.lab.test_failures import (
+    LOCK_PATH,
+    STAGE2_ARGS,
+    births,
+    new_run_id,
+    play,
+    reset_lab,
+    sql,
+)
 from tests.test_reports_kb_safe import fenced_lines
 from tests.test_runbook import failure_sections
 
@@ -131,4 +142,97 @@ def test_preflight_refusal_before_the_run_was_named(lab):
     _, text, summary, _ = failed_run("--tags", "dryrun", "-e", "birth_stage2_container=")
     assert_checkpoint(text, summary, "preflight", "bad-name", "must each be a non-empty name")
     assert summary["births"]["before"] is None
+    assert not LOCK_PATH.exists()
+
+
+# --------------------------------------------------------------------------- the link dies
+
+RELAY = """
+import socket, sys, threading
+listen = socket.socket()
+listen.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+listen.bind(("127.0.0.1", 0))
+listen.listen()
+print(listen.getsockname()[1], flush=True)
+def pipe(a, b):
+    try:
+        while data := a.recv(65536):
+            b.sendall(data)
+    except OSError:
+        pass
+while True:
+    near, _ = listen.accept()
+    far = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+    threading.Thread(target=pipe, args=(near, far), daemon=True).start()
+    threading.Thread(target=pipe, args=(far, near), daemon=True).start()
+"""
+
+
+def test_lost_ssh_link_mid_run(lab):
+    """Only this run's link dies (a relay of its own in front of the lab's sshd is killed),
+    so the VPS stays up for everyone else; Ansible runs no rescue for an unreachable host, and
+    the checkpoint comes from callback_plugins/birth_stage2_lost_link.py."""
+    relay = subprocess.Popen(
+        [sys.executable, "-c", RELAY, "2222"], stdout=subprocess.PIPE, text=True
+    )
+    port = int(relay.stdout.readline())
+    ssh_args = (
+        f"-o UserKnownHostsFile={LAB_DIR}/ssh/known_hosts -o StrictHostKeyChecking=yes "
+        "-o IdentitiesOnly=yes -o HostKeyAlias=[127.0.0.1]:2222"
+    )
+    run_id = new_run_id()
+    env = lab_env()
+    env["PATH"] = f"{REPO / '.venv' / 'bin'}:{env['PATH']}"
+    args = ["-e", f"birth_stage2_run_id={run_id}", *STAGE2_ARGS]
+    run = subprocess.Popen(
+        [str(REPO / ".venv" / "bin" / "ansible-playbook"), "stage2.yml", *args,
+         "-e", json.dumps({"ansible_port": port, "ansible_ssh_common_args": ssh_args})],
+        cwd=REPO, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    classified = (
+        "SELECT count(*) FROM collection_registry "
+        "WHERE birth_code_source = 'inferred_from_existing_trigger'"
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while sql(classified) == ["0"]:  # the classification has committed: mid-way
+            assert run.poll() is None, "the run ended before it classified"
+            assert time.monotonic() < deadline, "the run never classified"
+            time.sleep(0.2)
+        relay.kill()
+        out, _ = run.communicate(timeout=300)
+    finally:
+        relay.kill()
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode != 0
+    assert "UNREACHABLE!" in out
+    checkpoint = REPORTS / run_id / "00_checkpoint.md"
+    assert checkpoint.is_file(), out[-3000:]
+    text = checkpoint.read_text()
+    assert fenced_lines(checkpoint) == []
+    summary = json.loads((REPORTS / run_id / "summary.json").read_text())
+    assert summary["status"] == "FAILED"
+    assert summary["inventory_host"] == "lab-vps"
+    assert_checkpoint(
+        text, summary, summary["failure"]["phase"], "ssh-lost-mid-step", "UNREACHABLE!"
+    )
+    assert summary["failure"]["phase"] in {"classify", "views"}
+    assert summary["failure"]["outcome"].startswith("unknown")
+    # The classification had committed before the link died: the checkpoint counts it, or,
+    # when the link died before its result came back, names it as the step of unknown outcome.
+    said = summary["failure"]["committed_before"]
+    assert "the classification of 39 collections (reversible)" in said or (
+        summary["failure"]["step"] == "Stage and run 01_classify.sql"
+    ), summary["failure"]
+    assert "The failing step itself: unknown" in text
+    # The lease stayed on the VPS; the checkpoint's next command (read back, breaking this
+    # run's lease) goes through.
+    assert json.loads(LOCK_PATH.read_text())["run_id"] == run_id
+    command = summary["failure"]["next"]
+    assert (
+        command == f"ansible-playbook stage2.yml --tags dryrun -e birth_stage2_break_lock={run_id}"
+    )
+    rc, back = play(*command.split()[2:])
+    assert rc == 0, back[-3000:]
     assert not LOCK_PATH.exists()

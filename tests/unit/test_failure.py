@@ -124,3 +124,10 @@ def test_an_unknown_message_points_at_the_failures_and_a_read_only_run():
 )  # fmt: skip
 def test_committed_before(done, writes, check, apply, said):
     assert fl.committed_before(done, writes, check, apply) == said
+
+
+def test_a_step_that_returned_counts_even_when_its_phase_was_cut_short():
+    assert fl.committed_before(["preflight", "stage"], {"classified": 39}, False) == [
+        "the SQL files staged on the VPS",
+        "the classification of 39 collections (reversible)",
+    ]

@@ -89,9 +89,11 @@ def committed_before(done, writes, check_mode, apply_result=None):
     out = []
     if "stage" in (done or []):
         out.append("the SQL files staged on the VPS")
-    if "classify" in (done or []) and writes.get("classified"):
+    # A step that returned registered its result even when its phase was cut short after it
+    # (the link died in the verify that follows): what it wrote counts.
+    if writes.get("classified"):
         out.append(f"the classification of {writes['classified']} collections (reversible)")
-    if "views" in (done or []) and writes.get("views_changed"):
+    if writes.get("views_changed"):
         out.append("the Stage 2 views (reversible)")
     if "plan" in (done or []):
         out.append("the plan's ledger rows, if they were new (reversible)")
@@ -100,8 +102,26 @@ def committed_before(done, writes, check_mode, apply_result=None):
     return out or ["nothing"]
 
 
+def step_outcome(phase, unreachable, check_mode):
+    """What the failing step itself left behind."""
+    if check_mode:
+        return "nothing: in check mode every write is rolled back"
+    if unreachable:
+        return (
+            "unknown: the link to the VPS died while it ran; it is one transaction, so the "
+            "database committed all of it or none of it (psql may still be finishing inside "
+            "the container): read the state back with the next command"
+        )
+    if phase == "apply":
+        return (
+            "the batches the apply finished stay (births are never undone); "
+            "the failing one was rolled back"
+        )
+    return "nothing: it is one transaction, rolled back when it fails"
+
+
 def failure(task, result, done, run_tags, skip_tags, runbook, writes, check_mode, run_id,
-            confirm="", apply_result=None):  # fmt: skip
+            confirm="", apply_result=None, unreachable=False):  # fmt: skip
     """Everything the failed run's checkpoint and final message say about the failure."""
     result = result or {}
     message = str(result.get("msg") or result.get("message") or "") or squash(
@@ -109,6 +129,9 @@ def failure(task, result, done, run_tags, skip_tags, runbook, writes, check_mode
     )
     if not message:
         message = "the step failed without a message"
+    if unreachable and not message.startswith("UNREACHABLE!"):
+        # As Ansible prints it (fatal: [host]: UNREACHABLE! => ...).
+        message = f"UNREACHABLE! {message}"
     sections = runbook_sections(runbook)
     name = section_for(message, sections)
     section = sections.get(name) if name else None
@@ -117,14 +140,58 @@ def failure(task, result, done, run_tags, skip_tags, runbook, writes, check_mode
     # held lock is another run's, which the message names.
     if confirm or name != "lock-held":
         command = command.replace("RUN_ID", confirm or run_id)
+    phase = failed_phase(done, run_tags, skip_tags)
     return {
-        "phase": failed_phase(done, run_tags, skip_tags),
+        "phase": phase,
         "step": (task or {}).get("name") or "(unnamed task)",
         "message": message,
         "runbook": f"docs/RUNBOOK.md#{name}" if name else "docs/RUNBOOK.md#failures",
         "runbook_title": section["title"] if section else "Failures",
         "next": command,
         "committed_before": committed_before(done, writes, check_mode, apply_result),
+        "outcome": step_outcome(phase, unreachable, check_mode),
+    }
+
+
+def lost_summary(record, facts, host, failure_facts, finished_at):
+    """summary.json of a run whose link to the VPS died: what the controller knew by then
+    (the same keys as templates/summary.json.j2, figures it never read left null)."""
+    snap = ((facts.get("__birth_stage2_snap_before") or {}).get("snapshot")) or {}
+    return {
+        "run_id": record["run_id"],
+        "started_at": record["started_at"],
+        "finished_at": finished_at,
+        "inventory_host": host,
+        "status": "FAILED",
+        "failure": failure_facts,
+        "mode": record["mode"],
+        "phases": list(facts.get("__birth_stage2_phases") or []),
+        "births": {"before": snap.get("total"), "after": None},
+        "identity": None,
+        "dryrun": None,
+        "plan": None,
+        "rehearsal": None,
+        "decision": facts.get("__birth_stage2_decision"),
+        "apply": facts.get("__birth_stage2_apply"),
+        "evidence": None,
+        "guards": facts.get("__birth_stage2_guard_summary"),
+        "counters": {"before": snap.get("counters"), "after": None},
+        "staging_dir": record["staging_dir"],
+        "timings": {"dryrun_db_ms": None},
+        "preflight": None,
+        "writes": lost_writes(facts),
+        "footprint": None,
+        "report": None,
+    }
+
+
+def lost_writes(facts):
+    """The writes summary.json.j2 records, from the registered results the run kept."""
+    classify = facts.get("__birth_stage2_classify") or {}
+    views = facts.get("__birth_stage2_views_result") or {}
+    return {
+        "classified": (classify.get("result") or {}).get("classified") if classify else None,
+        "views_changed": views.get("changed") if views else None,
     }
 
 
