@@ -100,8 +100,15 @@ def test_a_held_lock_keeps_the_placeholder_for_the_holder():
     assert "birth_stage2_break_lock=RUN_ID" in f["next"]
 
 
+def test_a_host_stopped_with_the_play_says_so():
+    f = facts("", result={}, done=["preflight"], run_tags=["apply"])
+    assert f["message"].startswith("stopped because another host of the play failed")
+    assert f["runbook"] == "docs/RUNBOOK.md#another-host-failed"
+    assert f["phase"] == "apply"
+
+
 def test_an_unknown_message_points_at_the_failures_and_a_read_only_run():
-    f = facts("")
+    f = facts("", result={"failed": True})
     assert f["message"] == "the step failed without a message"
     assert f["runbook"] == "docs/RUNBOOK.md#failures"
     assert f["next"] == "ansible-playbook stage2.yml --tags dryrun"

@@ -127,7 +127,13 @@ def failure(task, result, done, run_tags, skip_tags, runbook, writes, check_mode
     message = str(result.get("msg") or result.get("message") or "") or squash(
         str(result.get("stderr") or "")
     )
-    if not message:
+    if not message and not result:
+        # No result of its own: the host was stopped with the play (any_errors_fatal).
+        message = (
+            "stopped because another host of the play failed (any_errors_fatal): this host's "
+            "step did not fail, and nothing more ran here"
+        )
+    elif not message:
         message = "the step failed without a message"
     if unreachable and not message.startswith("UNREACHABLE!"):
         # As Ansible prints it (fatal: [host]: UNREACHABLE! => ...).
