@@ -2,7 +2,7 @@
 names it), its `reports/latest-<host>` link, and the one line per host that ends the
 summary table.
 
-Used by tasks/preflight.yml, failed.yml and summary.yml; unit-tested in
+Used by tasks/preflight.yml, failed.yml, summary.yml and release.yml; unit-tested in
 tests/unit/test_hosts.py without Ansible.
 """
 
