@@ -12,6 +12,7 @@ staging root, as tests/lab/test_failures.py does.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import subprocess
@@ -21,6 +22,7 @@ from pathlib import Path
 from tests.conftest import LAB_DB, REPO
 
 PROFILE = Path("/etc/profile.d/birth-stage2.sh")
+HOME = os.path.expanduser("~")
 ISOLATED = LAB_DB != "birth_lab"
 STAGING_ROOT = f"/opt/incomex/docs/mcp-writes-{LAB_DB}" if ISOLATED else None
 LAB_ARGS = (
@@ -34,7 +36,7 @@ def login_shell(command: str) -> subprocess.CompletedProcess:
     """`command`, typed in a new login shell at the repo root (output with stderr)."""
     script = f"cd {shlex.quote(str(REPO))} && {command}"
     return subprocess.run(
-        ["env", "-i", "HOME=/root", "TERM=dumb", "LANG=C.UTF-8", "bash", "-lc", script],
+        ["env", "-i", f"HOME={HOME}", "TERM=dumb", "LANG=C.UTF-8", "bash", "-lc", script],
         text=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

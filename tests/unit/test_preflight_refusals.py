@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.test_runbook import check_adhoc, check_command
 
 ROLE = Path(__file__).parents[2] / "roles" / "birth_stage2"
 SPEC = importlib.util.spec_from_file_location("preflight", ROLE / "filter_plugins" / "preflight.py")
@@ -151,3 +154,33 @@ def test_the_probe_reports_what_the_filter_reads(tmp_path):
     assert seen["docker"]["found"] is False
     (problem,) = pf.vps_problems(seen, str(root), "pg", "docker", "vps1")
     assert "cannot be run on the VPS" in problem
+
+
+def test_every_fix_command_names_what_exists():
+    """The commands the refusals give are real: playbooks, tags and variables that exist, and
+    ad-hoc commands with a builtin module that exists."""
+    cases = [
+        ({"exists": False}, RUNNING, "root"),
+        ({"owner": "nobody"}, RUNNING, "deploy"),
+        ({}, {"found": False}, "root"),
+        ({}, {"found": True, "rc": 1, "err": "No such container: pg"}, "root"),
+        ({}, {"found": True, "rc": 1, "err": "Cannot connect to the Docker daemon"}, "root"),
+        ({}, {"found": True, "rc": 0, "state": {"Running": False}}, "root"),
+    ]
+    messages = [
+        pf.vps_problems(
+            {"user": user, "root": GOOD_ROOT | root, "docker": docker},
+            ROOT, "pg", "docker", "vps1", "inventories/production", True,
+        )[0]
+        for root, docker, user in cases
+    ]  # fmt: skip
+    messages.append(pf.with_fix('database "x" does not exist', "vps1", "x", "pg", "", True))
+    seen = 0
+    for message in messages:
+        for command in re.findall(r"ansible (?:-i \S+ )?\S+ (?:-b )?-m \S+ -a '[^']*'", message):
+            assert check_adhoc(command) == [], command
+            seen += 1
+        for command in re.findall(r"ansible-playbook [^()]*?(?= \(|\. \(|\)|$)", message):
+            assert check_command(command) == [], command
+            seen += 1
+    assert seen >= len(messages) + 3  # each refusal, and the lab's own commands
