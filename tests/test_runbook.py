@@ -90,6 +90,43 @@ def commands(text: str) -> list[str]:
     return [s for s in re.findall(r"`([^`]+)`", text) if s.startswith(COMMAND_START)]
 
 
+def adhoc_commands(text: str) -> list[str]:
+    """Ad-hoc `ansible HOST -m MODULE -a ARGS` commands (the fixes run on the VPS)."""
+    return [s for s in re.findall(r"`([^`]+)`", text) if s.startswith("ansible ")]
+
+
+def check_adhoc(command: str) -> list[str]:
+    """Problems with one ad-hoc command: it names a host and a builtin module that exists."""
+    argv = shlex.split(command)
+    problems, module, hosts = [], None, []
+    i = 1
+    while i < len(argv):
+        arg = argv[i]
+        value = argv[i + 1] if i + 1 < len(argv) else ""
+        if arg in ("-m", "--module-name"):
+            module = value
+            i += 2
+        elif arg in ("-a", "--args"):
+            i += 2
+        elif arg in ("-i", "--inventory"):
+            if not (REPO / value).exists():
+                problems.append(f"inventory {value} does not exist")
+            i += 2
+        elif arg.startswith("-"):
+            i += 1
+        else:
+            hosts.append(arg)
+            i += 1
+    if len(hosts) != 1:
+        problems.append(f"names {len(hosts)} host patterns, not one")
+    modules = Path(importlib.util.find_spec("ansible").origin).parent / "modules"
+    if not module or not module.startswith("ansible.builtin."):
+        problems.append(f"module {module!r} is not an ansible.builtin module")
+    elif not (modules / f"{module.rsplit('.', 1)[1]}.py").is_file():
+        problems.append(f"module {module} does not exist")
+    return problems
+
+
 @functools.cache
 def code_corpus() -> str:
     parts = []
@@ -238,6 +275,20 @@ def test_command_checker_catches_what_does_not_exist():
     assert check_command("ansible-playbook playbooks/nope.yml")
     assert check_command("ansible-playbook stage2.yml -e birth_stage2_no_such_var=1")
     assert check_command("bin/stage2 --tags apply -e birth_stage2_apply_confirm=RUN_ID") == []
+
+
+@pytest.mark.parametrize("command", sorted(set(adhoc_commands(runbook_text()))))
+def test_adhoc_command_names_a_module_that_exists(command):
+    assert check_adhoc(command) == []
+
+
+def test_adhoc_checker_catches_what_does_not_exist():
+    ok = "ansible HOST -m ansible.builtin.file -a 'path=ROOT state=directory'"
+    assert check_adhoc(ok) == []
+    assert check_adhoc("ansible HOST -m ansible.builtin.nope -a x")
+    assert check_adhoc("ansible HOST -m file -a x")
+    assert check_adhoc("ansible -m ansible.builtin.file -a x")
+    assert check_adhoc("ansible -i inventories/nope HOST -m ansible.builtin.file")
 
 
 def test_every_runbook_link_the_code_gives_exists():
