@@ -47,8 +47,12 @@ def test_skipped_phases_are_not_blamed():
         ("birth guard FAILED after 'x': nothing was committed by guarded steps", "birth-leak"),
         ("Stage 2 run lock /x is held by run 1 ...", "lock-held"),
         ("Apply refused on h ... approved_independent_review: ...", "review-missing-or-stale"),
-        ("Preflight on h: x=\"\" must each be a non-empty name of at most 63 characters without "
-         "line breaks", "bad-name"),
+        ("Preflight on h refused 1 input(s), nothing was run: x=\"\" (is empty). Set each in the"
+         " inventory", "bad-name"),
+        ("birth guard FAILED inside this step's own transaction: 'x' +1 (allowed 0); the step is"
+         " rolled back, nothing of it was committed", "birth-leak"),
+        ("05.sql: the run lease /l now belongs to run B (...): it was broken, so this run stops"
+         " here; nothing of this script ran.", "lease-broken"),
         ("Preflight on h: the staging root /r does not exist on the VPS; create it: ansible",
          "vps-not-ready"),
         ("something nobody quoted", None),
