@@ -18,7 +18,6 @@ import calendar
 import contextlib
 import json
 import os
-import shutil
 import subprocess
 import time
 import uuid
@@ -223,7 +222,6 @@ def test_quotes_and_line_breaks_in_values_are_refused_by_name(extra, named):
 # --------------------------------------------------------------------------- midnight
 
 
-@pytest.mark.skipif(shutil.which("faketime") is None, reason="bin/setup installs faketime")
 def test_a_run_crossing_midnight_stages_into_one_directory():
     """Started at 23:59:50 UTC (libfaketime), the run ends the next day in one directory."""
     reset_lab()
