@@ -7,6 +7,8 @@ tests/unit/test_apply_gates.py without Ansible or a database.
 
 from __future__ import annotations
 
+import hashlib
+
 REDO = (
     "run a new dry-run (ansible-playbook stage2.yml), have its evidence reviewed "
     "and confirm that run"
@@ -205,6 +207,23 @@ def apply_gates(state, confirm, confirm_summary, reports_dir, permit_scope):
     return {"mode": mode, "targets": targets, "permit_id": permit_id, "problems": problems}
 
 
+def evidence_sha256(figures_sha256, codes_sha256, sources_sha256):
+    """The evidence a review approves and a permit is bound to: the dry-run's figures, the
+    exact codes the plan will birth and the text of the apply sources, each by its sha256."""
+    for name, value in (
+        ("figures", figures_sha256),
+        ("codes", codes_sha256),
+        ("sources", sources_sha256),
+    ):
+        if not isinstance(value, str) or len(value) != 64:
+            raise ValueError(f"evidence: {name} sha256 missing or malformed: {value!r}")
+    text = f"figures:{figures_sha256}\ncodes:{codes_sha256}\nsources:{sources_sha256}\n"
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 class FilterModule:
     def filters(self):
-        return {"birth_stage2_apply_gates": apply_gates}
+        return {
+            "birth_stage2_apply_gates": apply_gates,
+            "birth_stage2_evidence_sha256": evidence_sha256,
+        }
