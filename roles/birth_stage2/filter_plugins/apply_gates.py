@@ -221,9 +221,281 @@ def evidence_sha256(figures_sha256, codes_sha256, sources_sha256):
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
+AGAIN = (
+    "dry-run and review again: ansible-playbook stage2.yml, then playbooks/review.yml of that run"
+)
+
+
+def duration_seconds(text):
+    """'90m', '2h', '1d' -> seconds; None when malformed."""
+    text = str(text).strip()
+    num = text.rstrip("abcdefghijklmnopqrstuvwxyz").strip()
+    unit = text[len(text.rstrip("abcdefghijklmnopqrstuvwxyz")) :]
+    if not num.isdigit() or int(num) < 1 or unit not in UNITS:
+        return None
+    return int(num) * UNITS[unit]
+
+
+def review_cmd(run_id, evidence):
+    return (
+        "the T2 reviewer signs with their own key: ansible-playbook playbooks/review.yml "
+        f"-e birth_stage2_review_verdict=approved -e birth_stage2_review_evidence={evidence} "
+        f"-e birth_stage2_review_run={run_id} -e birth_stage2_signing_key=PATH"
+    )
+
+
+def permit_cmd(evidence):
+    return (
+        "the owner signs a permit with their own key: ansible-playbook playbooks/permit.yml "
+        f"-e birth_stage2_permit_action=open -e birth_stage2_permit_evidence={evidence} "
+        "-e birth_stage2_permit_expires_in=2h -e birth_stage2_signing_key=PATH"
+    )
+
+
+def _author(dryrun):
+    return {"fingerprint": dryrun.get("key_fingerprint"), "principal": dryrun.get("principal")}
+
+
+def _sig_ok(checks, record_id, record):
+    """A stored record counts when its signature verifies today for its act, and its signer
+    is the key and principal the record names."""
+    c = (checks or {}).get(str(record_id)) or {}
+    signer = c.get("signer") or {}
+    return (
+        not c.get("problems")
+        and signer.get("valid")
+        and signer.get("allowed")
+        and signer.get("fingerprint") == record.get("key_fingerprint")
+        and record.get("principal") in (signer.get("principals") or [])
+    )
+
+
+def dryrun_problems(dryrun, checks, run_id, current_evidence):
+    """The confirmed (or reviewed) dry-run: recorded, signed by an allowed key, and its
+    evidence still the current one."""
+    if not dryrun:
+        return [
+            _problem(
+                "dryrun_signed",
+                f"no signed dry-run record of run {run_id} on the server",
+                "run the dry-run with the plan, signed by its author: ansible-playbook "
+                "stage2.yml -e birth_stage2_signing_key=PATH (reports/latest names the run)",
+            )
+        ]
+    out = []
+    if not _sig_ok(checks, dryrun["id"], dryrun):
+        why = "; ".join((checks or {}).get(str(dryrun["id"]), {}).get("problems") or ["forged"])
+        out.append(
+            _problem(
+                "dryrun_signed",
+                f"the dry-run record of run {run_id} ({dryrun.get('principal')}) does not "
+                f"verify: {why}",
+                AGAIN,
+            )
+        )
+    if current_evidence and dryrun.get("evidence_sha256") != current_evidence:
+        out.append(
+            _problem(
+                "evidence",
+                f"the dry-run {run_id} has evidence sha256 {dryrun.get('evidence_sha256')}, the "
+                f"live data and plan give {current_evidence}: the data, the codes or the "
+                "apply sources changed since",
+                AGAIN,
+            )
+        )
+    return out
+
+
+def review_record_problems(dryrun, records, checks):
+    """An approved T2 review of this evidence, signed by a key other than the dry-run's and
+    of another principal; the latest valid review decides (a later rejection wins)."""
+    evidence = dryrun["evidence_sha256"]
+    author = _author(dryrun)
+    mine = [r for r in records if r["act"] == "review" and r["evidence_sha256"] == evidence]
+    valid = [
+        r
+        for r in mine
+        if _sig_ok(checks, r["id"], r)
+        and r["key_fingerprint"] != author["fingerprint"]
+        and r["principal"] != author["principal"]
+    ]
+    if valid and valid[-1].get("verdict") == "approved":
+        return []
+    seen = f"{len(mine)} review record(s) of it, {len(valid)} valid"
+    if valid:
+        seen += f", the latest valid one #{valid[-1]['id']} {valid[-1].get('verdict')}"
+    return [
+        _problem(
+            "approved_independent_review",
+            f"no approved review of evidence {evidence} signed by a key of someone other "
+            f"than the dry-run's author {author['principal']} ({seen})",
+            review_cmd(dryrun["run_id"], evidence),
+        )
+    ]
+
+
+def permit_record_problems(dryrun, records, checks, permit_id, max_expiry_s):
+    """The permit the apply runs under: signed by an owner's key, bound to this evidence,
+    not revoked, not expired, not issued for longer than the cap."""
+    evidence = dryrun["evidence_sha256"]
+    fix = permit_cmd(evidence)
+    if permit_id is None:
+        return [_problem("open_permit", "no open permit", fix)]
+    recs = [r for r in records if r["act"] == "permit" and r.get("permit_id") == permit_id]
+    if not recs:
+        return [_problem("permit_signed", f"permit #{permit_id} has no signed permit record", fix)]
+    rec = recs[-1]
+    out = []
+    if not _sig_ok(checks, rec["id"], rec):
+        why = "; ".join((checks or {}).get(str(rec["id"]), {}).get("problems") or ["forged"])
+        out.append(_problem("permit_signed", f"permit #{permit_id}'s signature: {why}", fix))
+    elif rec["key_fingerprint"] == dryrun.get("key_fingerprint"):
+        out.append(
+            _problem("permit_signed", f"permit #{permit_id} is signed by the dry-run's key", fix)
+        )
+    if rec["evidence_sha256"] != evidence:
+        out.append(
+            _problem(
+                "permit_evidence",
+                f"permit #{permit_id} is bound to evidence {rec['evidence_sha256']}, not to "
+                f"{evidence} of the confirmed dry-run {dryrun['run_id']}",
+                fix,
+            )
+        )
+    p = rec.get("permit") or {}
+    if p.get("status") == "revoked":
+        out.append(_problem("permit_live", f"permit #{permit_id} was revoked", fix))
+    elif p.get("expired"):
+        out.append(
+            _problem("permit_live", f"permit #{permit_id} expired at {p.get('expires_at')}", fix)
+        )
+    if rec.get("lifetime_s") is not None and rec["lifetime_s"] > max_expiry_s:
+        out.append(
+            _problem(
+                "permit_expiry_cap",
+                f"permit #{permit_id} was issued for {rec['lifetime_s']} s, over the cap of "
+                f"{max_expiry_s} s (birth_stage2_permit_max_expiry)",
+                fix,
+            )
+        )
+    return out
+
+
+def drift_problems(drift):
+    """Planned codes gone, or missing codes the plan does not name: refused before writing."""
+    out = []
+    for d in drift or []:
+        out.append(
+            _problem(
+                "codes",
+                f"{d['collection']}: the live missing codes differ from the reviewed ones "
+                f"({d['unplanned']} missing code(s) not in the plan, "
+                f"e.g. {d.get('unplanned_sample')}; "
+                f"{d['gone']} planned code(s) no longer in the table, "
+                f"e.g. {d.get('gone_sample')})",
+                AGAIN,
+            )
+        )
+    return out
+
+
+def signed_gates(records_state, checks, confirm, current_evidence, mode, permit_id, max_expiry):
+    """Every signed gate of an apply confirming dry-run `confirm` (fresh or resume)."""
+    if mode == "nothing":
+        return []
+    dryrun = records_state.get("dryrun")
+    records = records_state.get("records") or []
+    out = dryrun_problems(dryrun, checks, confirm, current_evidence)
+    if not dryrun:
+        return out
+    out += review_record_problems(dryrun, records, checks)
+    out += permit_record_problems(
+        dryrun, records, checks, permit_id, duration_seconds(max_expiry) or 0
+    )
+    out += drift_problems(records_state.get("drift"))
+    return out
+
+
+def review_problems(dryrun, dryrun_check, review, run_id, evidence, current_evidence):
+    """Why a review (signed, about to be recorded) is refused."""
+    out = dryrun_problems(
+        dryrun, {str((dryrun or {}).get("id")): dryrun_check}, run_id, current_evidence
+    )
+    if not dryrun:
+        return out
+    if dryrun["evidence_sha256"] != evidence:
+        out.append(
+            _problem(
+                "evidence",
+                f"evidence {evidence} is not the evidence of run {run_id} "
+                f"({dryrun['evidence_sha256']})",
+                review_cmd(run_id, dryrun["evidence_sha256"]),
+            )
+        )
+    for p in review.get("problems") or []:
+        out.append(_problem("reviewer", p, review_cmd(run_id, dryrun["evidence_sha256"])))
+    return out
+
+
+def permit_problems(dryrun, dryrun_check, permit, evidence, current_evidence, expires_in, cap):
+    """Why an owner's permit (signed, about to be recorded) is refused."""
+    out = []
+    want, limit = duration_seconds(expires_in), duration_seconds(cap)
+    if want is None or limit is None:
+        out.append(
+            _problem(
+                "permit_expiry_cap",
+                f"birth_stage2_permit_expires_in ({expires_in}) and birth_stage2_permit_max_expiry "
+                f"({cap}) must be a number and s, m, min, h or d",
+                permit_cmd(evidence),
+            )
+        )
+    elif want > limit:
+        out.append(
+            _problem(
+                "permit_expiry_cap",
+                f"expiry {expires_in} is over the cap {cap} (birth_stage2_permit_max_expiry)",
+                permit_cmd(evidence),
+            )
+        )
+    if not dryrun:
+        out.append(
+            _problem(
+                "evidence",
+                f"no signed dry-run record has evidence {evidence}",
+                "bind the permit to the evidence of the reviewed dry-run "
+                "(evidence.sha256 of its summary.json)",
+            )
+        )
+        return out
+    run_id = dryrun["run_id"]
+    out += dryrun_problems(dryrun, {str(dryrun["id"]): dryrun_check}, run_id, current_evidence)
+    for p in permit.get("problems") or []:
+        out.append(_problem("owner", p, permit_cmd(evidence)))
+    return out
+
+
+def refusal(host, what, problems):
+    """One message: every closed gate and the command that opens it."""
+    lines = [f"{what} refused on {host}, nothing was written. {len(problems)} gate(s) closed:"]
+    for i, p in enumerate(problems, 1):
+        reason = (
+            p["reason"]
+            if p["reason"].startswith(p["gate"] + ":")
+            else (f"{p['gate']}: {p['reason']}")
+        )
+        lines.append(f"[{i}] {reason} => to open it: {p['fix']}")
+    return " ".join(lines)
+
+
 class FilterModule:
     def filters(self):
         return {
             "birth_stage2_apply_gates": apply_gates,
             "birth_stage2_evidence_sha256": evidence_sha256,
+            "birth_stage2_signed_gates": signed_gates,
+            "birth_stage2_review_problems": review_problems,
+            "birth_stage2_permit_problems": permit_problems,
+            "birth_stage2_refusal": refusal,
         }
