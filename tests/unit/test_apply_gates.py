@@ -85,7 +85,7 @@ def test_every_closed_gate_of_the_decision_is_listed_with_its_fix():
     out = run(state([row("a")], decision=decision))
     assert [p["gate"] for p in out["problems"]] == ["approved_independent_review", "open_permit"]
     assert "playbooks/review.yml" in out["problems"][0]["fix"]
-    assert "not the author alice" in out["problems"][0]["fix"]
+    assert "someone other than alice" in out["problems"][0]["fix"]
     assert "playbooks/permit.yml" in out["problems"][1]["fix"]
 
 
@@ -98,7 +98,7 @@ def test_stale_evidence_names_both_hashes():
 
 @pytest.mark.parametrize(
     ("confirm_summary", "text"),
-    [({}, "not found under /r"), ({"evidence": {}}, "did no dry-run")],
+    [({}, "no signed dry-run record of run RUN1"), ({"evidence": {}}, "did no dry-run")],
 )
 def test_the_confirmed_run_must_be_a_dry_run(confirm_summary, text):
     out = run(state([row("a")]), confirm_summary)

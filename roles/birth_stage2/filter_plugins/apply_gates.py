@@ -16,18 +16,12 @@ REDO = (
 
 
 def fixes(current_sha, confirm, author):
-    """How to open each gate the decision view names."""
-    review = (
-        "ansible-playbook playbooks/review.yml -e birth_stage2_reviewer=NAME (not the author "
-        f"{author or 'of the dry-run'}) -e birth_stage2_review_verdict=approved "
-        f"-e birth_stage2_review_evidence={current_sha} -e birth_stage2_review_run={confirm}"
-    )
+    """How to open each gate the decision view names (current_sha: the evidence to sign)."""
     return {
-        "approved_independent_review": "an independent T2 review of the current evidence: "
-        + review,
-        "open_permit": "the owner opens one: ansible-playbook playbooks/permit.yml "
-        "-e birth_stage2_permit_action=open -e birth_stage2_permit_issuer=OWNER "
-        "-e birth_stage2_permit_expires_in=2h",
+        "approved_independent_review": "an independent T2 review of the current evidence, "
+        f"signed by a key of someone other than {author or 'the author'}: "
+        + review_cmd(confirm, current_sha),
+        "open_permit": permit_cmd(current_sha),
         "no_collection_no_go": "fix that collection (its dry-run no_go says why) or leave it to "
         "its owner, then " + REDO,
         "plan_matches_dryrun": "rewrite the plan from the current dry-run: ansible-playbook "
@@ -60,16 +54,17 @@ def confirm_problems(confirm, confirm_summary, confirm_sha, reports_dir):
         return [
             _problem(
                 "confirm",
-                f"reports/{confirm}/summary.json not found under {reports_dir} on the controller",
-                "confirm the run id of a Stage 2 run that did the dry-run "
-                "(reports/latest points at the last one)",
+                f"no signed dry-run record of run {confirm} on the server (reports dir "
+                f"{reports_dir} is not read: the evidence lives in the database)",
+                "confirm the run id of a Stage 2 run that planned and did the dry-run, signed "
+                "by its author (ansible-playbook stage2.yml -e birth_stage2_signing_key=PATH)",
             )
         ]
     if not confirm_sha:
         return [
             _problem(
                 "confirm",
-                f"run {confirm} did no dry-run (its summary.json has no evidence.sha256)",
+                f"run {confirm} did no dry-run (its record has no figures sha256)",
                 "confirm a run that did the dry-run phase",
             )
         ]
@@ -178,7 +173,9 @@ def apply_gates(state, confirm, confirm_summary, reports_dir, permit_scope):
     author = (confirm_summary.get("evidence") or {}).get("author") or ""
     current = state.get("evidence_sha256")
     ledger = state.get("ledger") or []
-    fix = fixes(current, confirm, author)
+    fix = fixes(
+        (confirm_summary.get("evidence") or {}).get("record_sha256") or current, confirm, author
+    )
     mode = apply_mode(ledger)
     active = [r for r in ledger if r["status"] in ("planned", "applying")]
     problems = confirm_problems(confirm, confirm_summary, confirm_sha, reports_dir)
@@ -205,6 +202,11 @@ def apply_gates(state, confirm, confirm_summary, reports_dir, permit_scope):
         )
         problems += more
     return {"mode": mode, "targets": targets, "permit_id": permit_id, "problems": problems}
+
+
+def deltas(collections):
+    """{collection: expected_delta} of a dry-run's per-collection figures."""
+    return {c: (v or {}).get("expected_delta") for c, v in (collections or {}).items()}
 
 
 def evidence_sha256(figures_sha256, codes_sha256, sources_sha256):
@@ -370,11 +372,12 @@ def permit_record_problems(dryrun, records, checks, permit_id, max_expiry_s):
         out.append(
             _problem("permit_live", f"permit #{permit_id} expired at {p.get('expires_at')}", fix)
         )
-    if rec.get("lifetime_s") is not None and rec["lifetime_s"] > max_expiry_s:
+    lifetime = p.get("lifetime_s")
+    if lifetime is None or lifetime > max_expiry_s:
         out.append(
             _problem(
                 "permit_expiry_cap",
-                f"permit #{permit_id} was issued for {rec['lifetime_s']} s, over the cap of "
+                f"permit #{permit_id} was issued for {lifetime} s, over the cap of "
                 f"{max_expiry_s} s (birth_stage2_permit_max_expiry)",
                 fix,
             )
@@ -400,21 +403,55 @@ def drift_problems(drift):
     return out
 
 
-def signed_gates(records_state, checks, confirm, current_evidence, mode, permit_id, max_expiry):
-    """Every signed gate of an apply confirming dry-run `confirm` (fresh or resume)."""
+def signed_gates(records_state, checks, confirm, current, mode, permit_id, max_expiry):
+    """Every signed gate of an apply confirming dry-run `confirm` (fresh or resume).
+
+    records_state: the run_records probe (dryrun, records, drift); checks: {record id:
+    birth_signature result}; current: {evidence, sources} now (a resume compares only the
+    apply sources: its figures moved with the births it wrote, its codes are checked by
+    the drift probe and the procedure)."""
     if mode == "nothing":
         return []
     dryrun = records_state.get("dryrun")
     records = records_state.get("records") or []
-    out = dryrun_problems(dryrun, checks, confirm, current_evidence)
     if not dryrun:
-        return out
+        return []  # apply_gates' confirm gate says so
+    live = current.get("evidence") if mode == "fresh" else None
+    out = dryrun_problems(dryrun, checks, confirm, live)
+    sources = (dryrun.get("evidence") or {}).get("sources_sha256")
+    if mode == "resume" and sources != current.get("sources"):
+        out.append(
+            _problem(
+                "evidence",
+                f"the apply sources changed since dry-run {confirm} (sha256 {sources}, now "
+                f"{current.get('sources')})",
+                "put the reviewed apply sources back, or " + AGAIN,
+            )
+        )
     out += review_record_problems(dryrun, records, checks)
     out += permit_record_problems(
         dryrun, records, checks, permit_id, duration_seconds(max_expiry) or 0
     )
     out += drift_problems(records_state.get("drift"))
     return out
+
+
+def confirm_view(dryrun):
+    """The confirmed dry-run's record in the shape apply_gates reads (its figures' sha256,
+    author and per-collection deltas), or {} when there is none."""
+    if not dryrun:
+        return {}
+    ev = dryrun.get("evidence") or {}
+    return {
+        "evidence": {
+            "sha256": ev.get("figures_sha256"),
+            "author": dryrun.get("principal"),
+            "record_sha256": dryrun.get("evidence_sha256"),
+        },
+        "dryrun": {
+            "collections": {c: {"expected_delta": d} for c, d in (ev.get("deltas") or {}).items()}
+        },
+    }
 
 
 def review_problems(dryrun, dryrun_check, review, run_id, evidence, current_evidence):
@@ -494,7 +531,9 @@ class FilterModule:
         return {
             "birth_stage2_apply_gates": apply_gates,
             "birth_stage2_evidence_sha256": evidence_sha256,
+            "birth_stage2_deltas": deltas,
             "birth_stage2_signed_gates": signed_gates,
+            "birth_stage2_confirm_view": confirm_view,
             "birth_stage2_review_problems": review_problems,
             "birth_stage2_permit_problems": permit_problems,
             "birth_stage2_refusal": refusal,
