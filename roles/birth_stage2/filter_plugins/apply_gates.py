@@ -526,6 +526,120 @@ def refusal(host, what, problems):
     return " ".join(lines)
 
 
+def _why(checks, record_id):
+    c = (checks or {}).get(str(record_id)) or {}
+    return "; ".join(c.get("problems") or []) or "signer differs from the record"
+
+
+def audit(records_state, checks, audit_state):
+    """playbooks/audit.yml's verdict: {chains, problems}. A chain per applied ledger row:
+    dry-run -> review -> permit -> batches. A problem for every broken link: a stored
+    signature that does not verify, a review row with no signed record (forged in SQL), a
+    review by the author's key or principal, batches not covered by a valid permit bound to
+    the reviewed evidence, births outside the reviewed codes."""
+    records = records_state.get("records") or []
+    problems, chains = [], []
+    valid = {r["id"] for r in records if _sig_ok(checks, r["id"], r)}
+    for r in records:
+        if r["id"] not in valid:
+            problems.append(
+                f"{r['act']} record #{r['id']} ({r['principal']}, run {r['run_id']}): "
+                f"{_why(checks, r['id'])}"
+            )
+    dryruns = {}
+    for r in records:
+        if r["act"] == "dryrun" and r["id"] in valid:
+            dryruns[r["evidence_sha256"]] = r
+    signed_reviews = {r.get("review_id"): r for r in records if r["act"] == "review"}
+    for row in audit_state.get("reviews") or []:
+        rec = signed_reviews.get(row["id"])
+        if rec is None:
+            problems.append(
+                f"review row #{row['id']} ({row['reviewer']} {row['verdict']}, author "
+                f"{row['author']}) has no signed review record: forged or written outside "
+                "playbooks/review.yml"
+            )
+        elif rec["principal"] != row["reviewer"] or rec.get("verdict") != row["verdict"]:
+            problems.append(
+                f"review row #{row['id']} says {row['reviewer']} {row['verdict']}, its signed "
+                f"record #{rec['id']} says {rec['principal']} {rec.get('verdict')}"
+            )
+    independent = {}
+    for r in records:
+        if r["act"] != "review" or r["id"] not in valid:
+            continue
+        d = dryruns.get(r["evidence_sha256"])
+        if d and (r["key_fingerprint"] == d["key_fingerprint"] or r["principal"] == d["principal"]):
+            problems.append(
+                f"review record #{r['id']} is by the dry-run author's key or principal "
+                f"({r['principal']}, {r['key_fingerprint']})"
+            )
+        elif d:
+            independent.setdefault(r["evidence_sha256"], []).append(r)
+    permits = {}
+    for r in records:
+        if r["act"] == "permit" and r["id"] in valid and r.get("permit_id") is not None:
+            permits[r["permit_id"]] = r
+    for row in audit_state.get("ledger") or []:
+        batches = row.get("batches") or {}
+        if row["status"] == "planned" and not row.get("applied") and not batches:
+            continue
+        name = row["collection"]
+        link = [f"{name} ({row['status']}, {row['applied']}/{row['expected']})"]
+        prec = permits.get(row.get("permit_id"))
+        if prec is None:
+            problems.append(
+                f"{name}: permit #{row.get('permit_id')} has no valid signed permit record"
+            )
+            chains.append(" -> ".join([*link, "permit: BROKEN"]))
+            continue
+        evidence = prec["evidence_sha256"]
+        d = dryruns.get(evidence)
+        link.insert(
+            1,
+            f"dry-run {d['run_id']} by {d['principal']} ({d['key_fingerprint']})"
+            if d
+            else "dry-run: BROKEN",
+        )
+        if d is None:
+            problems.append(f"{name}: no valid signed dry-run has evidence {evidence}")
+        approved = [r for r in independent.get(evidence, []) if r.get("verdict") == "approved"]
+        if approved and independent[evidence][-1].get("verdict") == "approved":
+            r = approved[-1]
+            link.insert(2, f"review #{r.get('review_id')} by {r['principal']} approved")
+        else:
+            link.insert(2, "review: BROKEN")
+            problems.append(f"{name}: no valid independent approved review of evidence {evidence}")
+        link.insert(3, f"permit #{prec['permit_id']} by {prec['principal']}")
+        for pid in batches.get("permit_ids") or []:
+            other = permits.get(pid)
+            if other is None or other["evidence_sha256"] != evidence:
+                problems.append(
+                    f"{name}: batches ran under permit #{pid}, not a valid permit bound to "
+                    f"evidence {evidence}"
+                )
+        births = batches.get("births") or 0
+        link.append(f"{batches.get('batches', 0)} batch(es), {births} births")
+        if births != row["applied"]:
+            problems.append(
+                f"{name}: batches wrote {births} births, the ledger says {row['applied']}"
+            )
+        codes = row.get("codes") or {}
+        if births > (codes.get("born") or 0):
+            problems.append(
+                f"{name}: {births} births applied but only {codes.get('born', 0)} of the "
+                f"{codes.get('planned', 0)} reviewed codes are born: births outside the "
+                "reviewed codes"
+            )
+        chains.append(" -> ".join(link))
+    for b in audit_state.get("late_batches") or []:
+        problems.append(
+            f"batch {b['batch_no']} of ledger row {b['ledger_id']} ran at {b['started_at']}, "
+            f"not covered by permit #{b['permit_id']} (expired or missing)"
+        )
+    return {"chains": chains, "problems": problems}
+
+
 class FilterModule:
     def filters(self):
         return {
@@ -534,6 +648,7 @@ class FilterModule:
             "birth_stage2_deltas": deltas,
             "birth_stage2_signed_gates": signed_gates,
             "birth_stage2_confirm_view": confirm_view,
+            "birth_stage2_audit": audit,
             "birth_stage2_review_problems": review_problems,
             "birth_stage2_permit_problems": permit_problems,
             "birth_stage2_refusal": refusal,
