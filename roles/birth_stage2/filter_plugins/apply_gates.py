@@ -300,9 +300,9 @@ def dryrun_problems(dryrun, checks, run_id, current_evidence):
         out.append(
             _problem(
                 "evidence",
-                f"the dry-run {run_id} has evidence sha256 {dryrun.get('evidence_sha256')}, the "
-                f"live data and plan give {current_evidence}: the data, the codes or the "
-                "apply sources changed since",
+                f"the evidence {dryrun.get('evidence_sha256')} of dry-run {run_id} is stale, "
+                f"the current dry-run's evidence is {current_evidence}: the data, the plan's "
+                "codes or the apply sources changed since",
                 AGAIN,
             )
         )
