@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -409,12 +410,16 @@ def test_audit_finds_a_review_row_forged_in_sql(signed):
 # ---- 4. a review from a second clone ------------------------------------------------------
 
 
-def test_a_review_from_a_second_clone_with_empty_reports(signed, tmp_path):
+def test_a_review_from_a_second_clone_with_empty_reports(signed):
     restore(PLANNED_DB)
-    clone = tmp_path / "clone"
+    # A short path: ssh's ControlPath (under the clone's .ansible/) must stay below 108 bytes.
+    short = Path(tempfile.mkdtemp(prefix="b2c", dir="/tmp"))
+    clone = short / "c"
     shutil.copytree(
         REPO, clone, symlinks=True,
-        ignore=shutil.ignore_patterns("reports", ".git", ".lab", ".venv", "__pycache__", ".*cache"),
+        ignore=shutil.ignore_patterns(
+            "reports", ".git", ".lab", ".venv", ".ansible", "__pycache__", ".*cache"
+        ),
     )  # fmt: skip
     (clone / ".lab").symlink_to((REPO / ".lab").resolve())
     assert not (clone / "reports").exists()
@@ -427,6 +432,7 @@ def test_a_review_from_a_second_clone_with_empty_reports(signed, tmp_path):
          "-e", f"birth_stage2_review_run={signed['run_id']}", *EXTRA],
         cwd=clone, env=env, text=True, capture_output=True, timeout=600,
     )  # fmt: skip
+    shutil.rmtree(short, ignore_errors=True)
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert "Recorded review #" in proc.stdout
     assert sql(f"SELECT principal, verdict FROM {RECORDS} WHERE act = 'review'") == [
