@@ -300,9 +300,9 @@ def dryrun_problems(dryrun, checks, run_id, current_evidence):
         out.append(
             _problem(
                 "evidence",
-                f"the evidence {dryrun.get('evidence_sha256')} of dry-run {run_id} is stale, "
-                f"the current dry-run's evidence is {current_evidence}: the data, the plan's "
-                "codes or the apply sources changed since",
+                f"the evidence {dryrun.get('evidence_sha256')} of dry-run {run_id}"
+                f" is stale, the current dry-run's evidence is {current_evidence}: the data, "
+                "the plan's codes or the apply sources changed since",
                 AGAIN,
             )
         )
