@@ -363,6 +363,13 @@ def test_a_resume_after_revoke_is_refused(signed, tmp_path):
     proc = call("dot_domain_rules", permit_id)
     assert proc.returncode != 0 and "gate permit_live" in proc.stderr
     assert state() == before
+    # The owner's new permit, bound to the same evidence, lets the apply finish.
+    open_permit(signed["sha"])
+    resumed = new_run_id("resume")
+    apply(signed["run_id"], "-e", f"birth_stage2_run_id={resumed}")
+    assert summary(resumed)["apply"]["mode"] == "resume"
+    assert state()["births"] == BIRTHS_AFTER
+    audit(check=True)
 
 
 def test_a_resume_after_expiry_is_refused(signed, tmp_path):

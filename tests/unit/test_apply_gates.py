@@ -141,6 +141,7 @@ def test_a_resume_needs_its_own_consumed_permit_and_the_reviewed_dry_run():
         permits={"9": {"status": "revoked", "scope": "birth-stage2-qt001-apply"}},
         confirm_review={},
         dryrun={"a": {"expected_delta": 7}},
+        open_permit=None,
     )
     out = run(st, summary(deltas={"a": 12}))
     assert [p["gate"] for p in out["problems"]] == [
@@ -148,6 +149,20 @@ def test_a_resume_needs_its_own_consumed_permit_and_the_reviewed_dry_run():
         "approved_independent_review",
         "confirm",
     ]
+    assert "playbooks/permit.yml" in out["problems"][0]["fix"]
+
+
+@pytest.mark.parametrize("old", [{"status": "revoked"}, {"status": "consumed", "expired": True}])
+def test_a_resume_continues_under_a_new_permit_once_the_old_one_is_stopped(old):
+    ledger = [row("a", "applying", applied=3, permit_id=9)]
+    st = state(
+        ledger,
+        permits={"9": {**old, "scope": "birth-stage2-qt001-apply"}},
+        dryrun={"a": {"expected_delta": 7}},
+    )
+    out = run(st, summary(deltas={"a": 10}))
+    assert out["problems"] == []
+    assert out["permit_id"] == 7
 
 
 def test_a_resume_ignores_missing_review_and_permit_reasons_but_not_a_red_guard():

@@ -102,7 +102,23 @@ def resume_problems(state, active, confirm, confirm_summary, confirm_sha, permit
     ids = sorted({r.get("permit_id") for r in active}, key=str)
     permit_id = ids[0] if len(ids) == 1 and ids[0] is not None else None
     permit = (state.get("permits") or {}).get(str(permit_id), {}) if permit_id else {}
-    if (
+    stopped = permit.get("status") == "revoked" or permit.get("expired")
+    fresh_permit = state.get("open_permit") or {}
+    if permit_id is not None and stopped and fresh_permit.get("id"):
+        # The owner revoked (or let expire) the permit, then opened a new one: the apply
+        # continues under it (the signed gates check it is bound to the same evidence).
+        permit_id = fresh_permit["id"]
+    elif permit_id is not None and stopped:
+        out.append(
+            _problem(
+                "permit",
+                f"the unfinished rows carry permit #{permit_id}, which was "
+                f"{'revoked' if permit.get('status') == 'revoked' else 'expired'}: nothing more "
+                "is applied until the owner opens a new permit bound to the same evidence",
+                fix.get("open_permit", REDO),
+            )
+        )
+    elif (
         permit_id is None
         or permit.get("status") != "consumed"
         or permit.get("scope") != permit_scope
@@ -475,8 +491,28 @@ def review_problems(dryrun, dryrun_check, review, run_id, evidence, current_evid
     return out
 
 
-def permit_problems(dryrun, dryrun_check, permit, evidence, current_evidence, expires_in, cap):
-    """Why an owner's permit (signed, about to be recorded) is refused."""
+def apply_started_on(evidence, ledger, records):
+    """Whether an unfinished apply runs on this evidence (its rows carry a permit whose
+    record is bound to it): its figures moved with its births, so it is not stale."""
+    bound = {
+        r.get("permit_id")
+        for r in records or []
+        if r.get("act") == "permit" and r.get("evidence_sha256") == evidence
+    }
+    return any(
+        r.get("status") in ("planned", "applying") and r.get("permit_id") in bound
+        for r in ledger or []
+    )
+
+
+def permit_problems(
+    dryrun, dryrun_check, permit, evidence, current_evidence, expires_in, cap, ledger=None,
+    records=None,
+):  # fmt: skip
+    """Why an owner's permit (signed, about to be recorded) is refused. A new permit for an
+    unfinished apply of the same evidence (its old one revoked or expired) is not stale."""
+    if apply_started_on(evidence, ledger, records):
+        current_evidence = None
     out = []
     want, limit = duration_seconds(expires_in), duration_seconds(cap)
     if want is None or limit is None:
