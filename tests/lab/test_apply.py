@@ -1,15 +1,16 @@
 """The gated apply on the lab, through the real playbooks: review, permit, apply, refusals,
 an interrupted apply and its resume.
 
-One full Stage 2 run (dry-run author alice), bob's approved review and an open permit make
-the "ready" state, kept as a database template (<lab db>_apply_ready); every test starts
-from a copy of it, so the tests do not depend on each other's order. The lab is reset at the
-end and the template dropped.
+One full Stage 2 run signed by alice's key, bob's signed approved review and carol's signed
+permit make the "ready" state, kept as a database template (<lab db>_apply_ready); every
+test starts from a copy of it, so the tests do not depend on each other's order. The lab is
+reset at the end and the template dropped. Operators sign with the lab's keys
+(.lab/operators/<name>/id_ed25519, made by playbooks/lab.yml).
 
-Runs use the default lab database, lock and staging directory. While developing next to
-other users of the lab, point them elsewhere (the lab inventory follows lab_db_name):
-  BIRTH_LAB_DB=birth_apply BIRTH_APPLY_TEST_ARGS="-e birth_stage2_run_lock_path=... \
-      -e birth_stage2_staging_dir=..." pytest tests/lab/test_apply.py
+BIRTH_LAB_DB=<db> (a lab database made with `ansible-playbook playbooks/lab.yml -e
+lab_db_name=<db>`) runs them against that database with its own staging root and run lock
+(/opt/incomex/docs/mcp-writes-<db>), beside other users of the default lab;
+BIRTH_APPLY_TEST_ARGS adds extra arguments to every playbook.
 """
 
 from __future__ import annotations
@@ -29,7 +30,15 @@ import pytest
 from tests.conftest import LAB_DB, REPO, lab_env, lab_playbook, psql_prefix, run_psql
 
 READY_DB = f"{LAB_DB}_apply_ready"
-EXTRA = ["-e", f"lab_db_name={LAB_DB}", *shlex.split(os.environ.get("BIRTH_APPLY_TEST_ARGS", ""))]
+ISOLATED = LAB_DB != "birth_lab"
+STAGING = f"/opt/incomex/docs/mcp-writes-{LAB_DB}"
+EXTRA = [
+    "-e", f"lab_db_name={LAB_DB}",
+    *(["-e", f"birth_stage2_staging_root={STAGING}"] if ISOLATED else []),
+    *shlex.split(os.environ.get("BIRTH_APPLY_TEST_ARGS", "")),
+]  # fmt: skip
+RESET_VPS = ["-e", "lab_reset_vps=false"] if ISOLATED else []
+OPERATORS = REPO / ".lab" / "operators"
 PLAN = "QT-001"
 SCOPE = "birth-stage2-qt001-apply"
 BIRTHS_BEFORE = 1_210_868
@@ -74,28 +83,33 @@ def apply(confirm: str, *args: str, check: bool = True) -> subprocess.CompletedP
     )  # fmt: skip
 
 
+def key(name: str) -> list[str]:
+    """Sign as this lab operator (alice dry-runs, bob reviews, carol permits)."""
+    return ["-e", f"birth_stage2_signing_key={OPERATORS / name / 'id_ed25519'}"]
+
+
 def dryrun(author: str) -> dict:
     run_id = new_run_id("dryrun")
-    playbook(
-        "stage2.yml", "--tags", "dryrun",
-        "-e", f"birth_stage2_run_id={run_id}", "-e", f"birth_stage2_operator={author}",
-    )  # fmt: skip
+    playbook("stage2.yml", "--tags", "dryrun", "-e", f"birth_stage2_run_id={run_id}", *key(author))
     return summary(run_id)
 
 
-def review(run_id: str, sha: str, reviewer: str, check: bool = True):
+def review(run_id: str, sha: str, reviewer: str, check: bool = True, label: str | None = None):
     return playbook(
-        "playbooks/review.yml",
-        "-e", f"birth_stage2_reviewer={reviewer}", "-e", "birth_stage2_review_verdict=approved",
+        "playbooks/review.yml", *key(reviewer),
+        "-e", f"birth_stage2_reviewer={label or reviewer}",
+        "-e", "birth_stage2_review_verdict=approved",
         "-e", f"birth_stage2_review_evidence={sha}", "-e", f"birth_stage2_review_run={run_id}",
         check=check,
     )  # fmt: skip
 
 
-def open_permit() -> subprocess.CompletedProcess:
+def open_permit(sha: str, owner: str = "carol", expires: str = "2h", check: bool = True):
     return playbook(
-        "playbooks/permit.yml", "-e", "birth_stage2_permit_action=open",
-        "-e", "birth_stage2_permit_issuer=owner", "-e", "birth_stage2_permit_expires_in=2h",
+        "playbooks/permit.yml", "-e", "birth_stage2_permit_action=open", *key(owner),
+        "-e", f"birth_stage2_permit_evidence={sha}",
+        "-e", f"birth_stage2_permit_expires_in={expires}",
+        check=check,
     )  # fmt: skip
 
 
@@ -198,7 +212,7 @@ def recap_changed(proc: subprocess.CompletedProcess) -> int:
 @pytest.fixture(scope="module", autouse=True)
 def _pristine_lab_per_module():
     """tests/lab/conftest.py's reset, of this module's lab database (BIRTH_LAB_DB)."""
-    playbook("playbooks/lab.yml", "-e", "lab_action=reset")
+    playbook("playbooks/lab.yml", "-e", "lab_action=reset", *RESET_VPS)
 
 
 @dataclass
@@ -211,19 +225,19 @@ class Ready:
 
 @pytest.fixture(scope="module")
 def ready():
-    """Full Stage 2 run by alice, bob's approved review, an open permit; kept as a template."""
+    """Full Stage 2 run signed by alice, bob's approved review, carol's open permit; kept as a
+    template."""
     run_id = new_run_id("dryrun")
-    playbook(
-        "stage2.yml", "-e", f"birth_stage2_run_id={run_id}", "-e", "birth_stage2_operator=alice"
-    )
+    playbook("stage2.yml", "-e", f"birth_stage2_run_id={run_id}", *key("alice"))
     s = summary(run_id)
     assert s["evidence"]["author"] == "alice"
+    assert s["evidence"]["recorded"] is True
     assert s["decision"]["status"] == "NOT_READY"
     reviews = [review(run_id, s["evidence"]["sha256"], "bob") for _ in range(2)]
-    permits = [open_permit() for _ in range(2)]
+    permits = [open_permit(s["evidence"]["sha256"]) for _ in range(2)]
     save_ready()
     yield Ready(run_id, s["evidence"]["sha256"], reviews, permits)
-    playbook("playbooks/lab.yml", "-e", "lab_action=reset")
+    playbook("playbooks/lab.yml", "-e", "lab_action=reset", *RESET_VPS)
     admin(f'DROP DATABASE IF EXISTS "{READY_DB}" WITH (FORCE);')
 
 
@@ -367,7 +381,7 @@ def test_review_refuses_the_author(ready):
 
 
 def test_review_refuses_evidence_not_of_that_run(ready):
-    proc = review(ready.run_id, "0" * 64, "carol", check=False)
+    proc = review(ready.run_id, "0" * 64, "bob", check=False)
     refused(proc, "is not the evidence of run", NOTHING_WRITTEN)
 
 
@@ -406,7 +420,7 @@ def test_apply_refuses_a_stale_review(ready):
     assert fresh["evidence"]["sha256"] != ready.sha
     before = state()
     # A review of the old evidence is refused as stale.
-    proc = review(ready.run_id, ready.sha, "carol", check=False)
+    proc = review(ready.run_id, ready.sha, "bob", check=False)
     refused(proc, NOTHING_WRITTEN, "is stale", fresh["evidence"]["sha256"])
     proc = apply(fresh["run_id"], check=False)
     refused(proc, NOTHING_WRITTEN, "approved_independent_review", "(stale)", "playbooks/review.yml")

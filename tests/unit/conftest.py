@@ -22,7 +22,12 @@ import ansible.module_utils
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-UTILS = ("birth_stage2_psql", "birth_stage2_guard", "birth_stage2_lock")  # dependency order
+UTILS = (
+    "birth_stage2_psql",
+    "birth_stage2_guard",
+    "birth_stage2_lock",
+    "birth_stage2_signature",
+)  # dependency order
 
 
 def _load(name, path):

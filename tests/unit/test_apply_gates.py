@@ -85,7 +85,7 @@ def test_every_closed_gate_of_the_decision_is_listed_with_its_fix():
     out = run(state([row("a")], decision=decision))
     assert [p["gate"] for p in out["problems"]] == ["approved_independent_review", "open_permit"]
     assert "playbooks/review.yml" in out["problems"][0]["fix"]
-    assert "not the author alice" in out["problems"][0]["fix"]
+    assert "someone other than alice" in out["problems"][0]["fix"]
     assert "playbooks/permit.yml" in out["problems"][1]["fix"]
 
 
@@ -98,7 +98,7 @@ def test_stale_evidence_names_both_hashes():
 
 @pytest.mark.parametrize(
     ("confirm_summary", "text"),
-    [({}, "not found under /r"), ({"evidence": {}}, "did no dry-run")],
+    [({}, "no signed dry-run record of run RUN1"), ({"evidence": {}}, "did no dry-run")],
 )
 def test_the_confirmed_run_must_be_a_dry_run(confirm_summary, text):
     out = run(state([row("a")]), confirm_summary)
@@ -141,6 +141,7 @@ def test_a_resume_needs_its_own_consumed_permit_and_the_reviewed_dry_run():
         permits={"9": {"status": "revoked", "scope": "birth-stage2-qt001-apply"}},
         confirm_review={},
         dryrun={"a": {"expected_delta": 7}},
+        open_permit=None,
     )
     out = run(st, summary(deltas={"a": 12}))
     assert [p["gate"] for p in out["problems"]] == [
@@ -148,6 +149,20 @@ def test_a_resume_needs_its_own_consumed_permit_and_the_reviewed_dry_run():
         "approved_independent_review",
         "confirm",
     ]
+    assert "playbooks/permit.yml" in out["problems"][0]["fix"]
+
+
+@pytest.mark.parametrize("old", [{"status": "revoked"}, {"status": "consumed", "expired": True}])
+def test_a_resume_continues_under_a_new_permit_once_the_old_one_is_stopped(old):
+    ledger = [row("a", "applying", applied=3, permit_id=9)]
+    st = state(
+        ledger,
+        permits={"9": {**old, "scope": "birth-stage2-qt001-apply"}},
+        dryrun={"a": {"expected_delta": 7}},
+    )
+    out = run(st, summary(deltas={"a": 10}))
+    assert out["problems"] == []
+    assert out["permit_id"] == 7
 
 
 def test_a_resume_ignores_missing_review_and_permit_reasons_but_not_a_red_guard():
