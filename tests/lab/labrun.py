@@ -69,12 +69,19 @@ class Writer:
 
     Bounded: it stops by itself after ``limit`` iterations, and ``stop()`` ends it earlier.
     ``made`` is the births it made in ``insert_into`` (counted after it stopped).
+    ``update_all`` moves every row of ``update`` each time (a walk over that table meets
+    tuples that moved behind it and ahead of it).
     """
 
     def __init__(
-        self, insert_into="knowledge_documents", update="dot_domain_rules", interval=0.2, limit=1500
+        self,
+        insert_into="knowledge_documents",
+        update="dot_domain_rules",
+        interval=0.2,
+        limit=1500,
+        update_all=False,
     ):
-        self.insert_into, self.update = insert_into, update
+        self.insert_into, self.update, self.update_all = insert_into, update, update_all
         self.interval, self.limit = interval, limit
         self.app = f"birth_lab_writer_{uuid.uuid4().hex[:8]}"
         self.proc = None
@@ -91,13 +98,19 @@ class Writer:
 
     def start(self) -> Writer:
         self._before = self._births()
+        # One row per iteration, or every row (each tuple moves, again and again).
+        where = (
+            "true"
+            if self.update_all
+            else f"id = (SELECT min(id) + (i % 97) FROM public.{self.update})"
+        )
         script = f"""SET application_name = '{self.app}';
 DO $writer$
 BEGIN
   FOR i IN 1..{int(self.limit)} LOOP
     INSERT INTO public.{self.insert_into} (title) VALUES ('written by the app ' || i);
     UPDATE public.{self.update} SET title = coalesce(title, '') || '.'
-     WHERE id = (SELECT min(id) + (i % 97) FROM public.{self.update});
+     WHERE {where};
     COMMIT;
     PERFORM pg_sleep({float(self.interval)});
   END LOOP;

@@ -28,6 +28,7 @@ import jsonschema
 import pytest
 
 from tests.conftest import LAB_DB, REPO, lab_env, lab_playbook, psql_prefix, run_psql
+from tests.lab.labrun import Writer
 
 READY_DB = f"{LAB_DB}_apply_ready"
 ISOLATED = LAB_DB != "birth_lab"
@@ -532,3 +533,78 @@ def test_interrupted_apply_resumes_to_the_same_end_state(ready, applied):
     apply(ready.run_id, "-e", f"birth_stage2_run_id={resumed_id}")
     assert summary(resumed_id)["apply"]["mode"] == "resume"
     assert state() == applied["after"]
+
+
+# ---- on a live system (births attributed, issue 11) ----------------------------------------
+
+
+def test_apply_under_traffic_births_exactly_the_reviewed_codes(ready):
+    """The application births and moves every row of a planned collection while the apply walks
+    it in one-page batches: each reviewed code is born once, none missed, and only Stage 2's
+    births are judged."""
+    restore_ready()
+    run_id = new_run_id("apply-traffic")
+    with Writer(update="dot_domain_rules", interval=0.02, update_all=True) as writer:
+        apply(
+            ready.run_id,
+            "-e",
+            f"birth_stage2_run_id={run_id}",
+            "-e",
+            "birth_stage2_apply_batch_size=1",
+        )
+    s = summary(run_id)
+    assert s["births"]["stage2"] == REPORT_DELTAS
+    others = s["births"]["by_others"]
+    assert set(others) == {"knowledge_documents"}
+    assert 0 < others["knowledge_documents"] <= writer.made
+    unborn = sql(
+        "SELECT count(*) FROM birth_stage2_plan_codes pc WHERE NOT EXISTS (SELECT 1 FROM "
+        "birth_registry b WHERE b.collection_name = pc.collection_name "
+        "AND b.entity_code = pc.entity_code)"
+    )
+    assert unborn == [("0",)]
+    backfilled = sql(
+        "SELECT collection_name, count(*) FROM birth_registry WHERE birth_source = 'backfill' "
+        "AND collection_name IN (SELECT collection_name FROM birth_backfill_ledger) GROUP BY 1"
+    )
+    assert {c: int(n) for c, n in backfilled} == REPORT_DELTAS
+    batches = sql(
+        "SELECT count(*) FROM birth_stage2_apply_batches WHERE collection_name = 'dot_domain_rules'"
+    )
+    assert int(batches[0][0]) > 1
+
+
+def test_a_batch_that_births_more_than_it_inserted_is_rolled_back(ready):
+    """A trigger on the registry births an echo of every backfilled code: the first batch sees
+    more births in its transaction than it inserted and rolls back, permit and all."""
+    restore_ready()
+    before = state()
+    sql(
+        "CREATE FUNCTION public.test_echo_births() RETURNS trigger LANGUAGE plpgsql AS $$\n"
+        "BEGIN\n"
+        "  INSERT INTO public.birth_registry (collection_name, entity_code, birth_source)\n"
+        "  VALUES ('collection_registry', NEW.entity_code || '::echo', 'gateway');\n"
+        "  RETURN NEW;\n"
+        "END $$;\n"
+        "CREATE TRIGGER trg_test_echo AFTER INSERT ON public.birth_registry FOR EACH ROW\n"
+        "  WHEN (NEW.birth_source = 'backfill') EXECUTE FUNCTION public.test_echo_births();\n"
+    )
+    proc = apply(ready.run_id, check=False)
+    out = refused(proc, "birth guard FAILED inside this step's own transaction")
+    assert "nothing of it was committed" in out
+    after = state()
+    assert after["births"] == before["births"]
+    assert after["permits"] == before["permits"]
+    assert after["ledger"] == before["ledger"]
+
+
+def test_apply_runs_none_of_the_functions_planted_in_public(ready):
+    """Shadows of every built-in the SQL calls, planted by an application role: the apply (the
+    procedure's dynamic SQL included) births the plan and none of them runs."""
+    restore_ready()
+    sql((REPO / "tests" / "fixtures" / "shadow_builtins.sql").read_text())
+    before = state()
+    proc = apply(ready.run_id, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "HIJACKED" not in out, out[-4000:]
+    assert state()["births"] == before["births"] + sum(REPORT_DELTAS.values())
