@@ -10,12 +10,14 @@ the default lab.
 
 from __future__ import annotations
 
+import json
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
 
-from tests.conftest import LAB_DB, lab_env, lab_playbook, psql_prefix, run_psql
+from tests.conftest import LAB_DB, LAB_DIR, lab_env, lab_playbook, psql_prefix, run_psql
 from tests.test_runbook import squash
 
 DEFAULT_DB = "birth_lab"
@@ -149,3 +151,40 @@ $writer$;
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+# A TCP relay of a test's own in front of the lab's sshd: killing it cuts that run's SSH link
+# (the VPS "drops off the network" for it) while the VPS stays up for every other run.
+RELAY = """
+import socket, sys, threading
+listen = socket.socket()
+listen.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+listen.bind(("127.0.0.1", 0))
+listen.listen()
+print(listen.getsockname()[1], flush=True)
+def pipe(a, b):
+    try:
+        while data := a.recv(65536):
+            b.sendall(data)
+    except OSError:
+        pass
+while True:
+    near, _ = listen.accept()
+    far = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+    threading.Thread(target=pipe, args=(near, far), daemon=True).start()
+    threading.Thread(target=pipe, args=(far, near), daemon=True).start()
+"""
+
+
+def ssh_relay(vps_port: int = 2222) -> tuple[subprocess.Popen, list[str]]:
+    """(the relay process, the -e arguments that send a playbook's SSH through it)."""
+    relay = subprocess.Popen(
+        [sys.executable, "-c", RELAY, str(vps_port)], stdout=subprocess.PIPE, text=True
+    )
+    port = int(relay.stdout.readline())
+    ssh_args = (
+        f"-o UserKnownHostsFile={LAB_DIR}/ssh/known_hosts -o StrictHostKeyChecking=yes "
+        f"-o IdentitiesOnly=yes -o HostKeyAlias=[127.0.0.1]:{vps_port}"
+    )
+    extra = json.dumps({"ansible_port": port, "ansible_ssh_common_args": ssh_args})
+    return relay, ["-e", extra]

@@ -13,12 +13,12 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 import time
 
 import pytest
 
-from tests.conftest import LAB_DIR, REPO, lab_env
+from tests.conftest import REPO, lab_env
+from tests.lab.labrun import ssh_relay
 from tests.lab.test_failures import (
     LOCK_PATH,
     STAGE2_ARGS,
@@ -147,46 +147,18 @@ def test_preflight_refusal_before_the_run_was_named(lab):
 
 # --------------------------------------------------------------------------- the link dies
 
-RELAY = """
-import socket, sys, threading
-listen = socket.socket()
-listen.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-listen.bind(("127.0.0.1", 0))
-listen.listen()
-print(listen.getsockname()[1], flush=True)
-def pipe(a, b):
-    try:
-        while data := a.recv(65536):
-            b.sendall(data)
-    except OSError:
-        pass
-while True:
-    near, _ = listen.accept()
-    far = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
-    threading.Thread(target=pipe, args=(near, far), daemon=True).start()
-    threading.Thread(target=pipe, args=(far, near), daemon=True).start()
-"""
-
 
 def test_lost_ssh_link_mid_run(lab):
     """Only this run's link dies (a relay of its own in front of the lab's sshd is killed),
     so the VPS stays up for everyone else; Ansible runs no rescue for an unreachable host, and
     the checkpoint comes from callback_plugins/birth_stage2_lost_link.py."""
-    relay = subprocess.Popen(
-        [sys.executable, "-c", RELAY, "2222"], stdout=subprocess.PIPE, text=True
-    )
-    port = int(relay.stdout.readline())
-    ssh_args = (
-        f"-o UserKnownHostsFile={LAB_DIR}/ssh/known_hosts -o StrictHostKeyChecking=yes "
-        "-o IdentitiesOnly=yes -o HostKeyAlias=[127.0.0.1]:2222"
-    )
+    relay, through_relay = ssh_relay()
     run_id = new_run_id()
     env = lab_env()
     env["PATH"] = f"{REPO / '.venv' / 'bin'}:{env['PATH']}"
     args = ["-e", f"birth_stage2_run_id={run_id}", *STAGE2_ARGS]
     run = subprocess.Popen(
-        [str(REPO / ".venv" / "bin" / "ansible-playbook"), "stage2.yml", *args,
-         "-e", json.dumps({"ansible_port": port, "ansible_ssh_common_args": ssh_args})],
+        [str(REPO / ".venv" / "bin" / "ansible-playbook"), "stage2.yml", *args, *through_relay],
         cwd=REPO, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
     classified = (

@@ -4,15 +4,13 @@ same state as an uninterrupted run."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
 import subprocess
 import time
 from pathlib import Path
 
-from tests.conftest import LAB_DIR, REPO, lab_env, lab_playbook, run_psql
+from tests.conftest import REPO, lab_env, lab_playbook, run_psql
+from tests.lab.labrun import ssh_relay
 
 LEASE = Path("/opt/incomex/docs/mcp-writes/.birth-stage2.lock")
 CLASSIFIED = (
@@ -25,21 +23,14 @@ def count(sql: str) -> int:
     return int(run_psql(sql).stdout.strip())
 
 
-def stop_the_vps_sshd() -> None:
-    """The VPS drops off the network: its sshd and every session it serves die."""
-    pid = int((LAB_DIR / "sshd.pid").read_text())
-    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
-    os.kill(pid, signal.SIGTERM)
-    for child in children.stdout.split():
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(int(child), signal.SIGKILL)
-
-
 def test_a_run_that_loses_ssh_mid_way_is_finished_by_the_runbooks_commands():
     env = lab_env()
     env["PATH"] = f"{REPO / '.venv' / 'bin'}:{env['PATH']}"
+    # The run reaches the VPS through a relay of its own: killing it cuts this run's link
+    # while the VPS stays up for any other run on the lab.
+    relay, through_relay = ssh_relay()
     run = subprocess.Popen(
-        [str(REPO / ".venv" / "bin" / "ansible-playbook"), "stage2.yml"],
+        [str(REPO / ".venv" / "bin" / "ansible-playbook"), "stage2.yml", *through_relay],
         cwd=REPO,
         env=env,
         text=True,
@@ -52,12 +43,12 @@ def test_a_run_that_loses_ssh_mid_way_is_finished_by_the_runbooks_commands():
             assert run.poll() is None, "the run ended before it classified"
             assert time.monotonic() < deadline, "the run never classified"
             time.sleep(0.2)
-        stop_the_vps_sshd()
+        relay.kill()  # the VPS drops off the network, for this run
         out, _ = run.communicate(timeout=300)
     finally:
+        relay.kill()
         if run.poll() is None:
             run.kill()
-        lab_playbook("playbooks/lab.yml")  # the VPS is back
     assert run.returncode != 0
     assert "UNREACHABLE!" in out
     # Nothing half-applied: what committed is whole (the classification), births untouched.
