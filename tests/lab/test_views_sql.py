@@ -487,6 +487,9 @@ def test_redeploy_changes_nothing(db):
 
 
 def test_revert_restores_the_schema_exactly(db):
+    # Newest first, as 99_rollback_stage2 runs them: the plan's tables (its codes and the
+    # signed run records) came after the fingerprint too.
+    assert db.run_file("11_plan_ledger.revert.sql")["changed"] is True
     assert db.run_file("02b_fix_guard_aliases.revert.sql")["changed"] is True
     assert db.run_file("02_views.revert.sql") == {
         "changed": True,
