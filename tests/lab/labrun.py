@@ -60,7 +60,8 @@ def births() -> tuple[str, ...]:
 
 def play(*args: str, playbook: str = "stage2.yml") -> tuple[int, str]:
     """Run a playbook on the lab; (rc, its output with Ansible's line wrapping undone)."""
-    proc = lab_playbook(playbook, *args, *STAGE2_ARGS, check=False)
+    # The test's own -e come last, so they win over the isolated database's.
+    proc = lab_playbook(playbook, *STAGE2_ARGS, *args, check=False)
     return proc.returncode, squash(proc.stdout + proc.stderr).replace("''", "'")
 
 

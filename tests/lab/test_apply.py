@@ -287,7 +287,9 @@ def test_apply_births_exactly_the_plan(applied):
     s, before, after = applied["summary"], applied["before"], applied["after"]
     assert before["births"] == BIRTHS_BEFORE
     assert after["births"] == BIRTHS_AFTER
-    assert s["births"] == {"before": BIRTHS_BEFORE, "after": BIRTHS_AFTER}
+    assert (s["births"]["before"], s["births"]["after"]) == (BIRTHS_BEFORE, BIRTHS_AFTER)
+    # Every birth of the run is Stage 2's own (the lab is quiet: nobody else births).
+    assert s["births"]["stage2"] == REPORT_DELTAS and s["births"]["by_others"] == {}
     grown = {
         c: int(after["per_collection"].get(c, 0)) - int(before["per_collection"].get(c, 0))
         for c in REPORT_DELTAS

@@ -102,7 +102,7 @@ def test_red_guard(lab):
 def test_birth_leak_mid_run_says_what_was_committed_before(lab):
     sql(
         "CREATE FUNCTION public.test_checkpoint_leak() RETURNS trigger LANGUAGE plpgsql AS $$ "
-        "BEGIN INSERT INTO birth_registry (collection_name, entity_code, birth_source) "
+        "BEGIN INSERT INTO public.birth_registry (collection_name, entity_code, birth_source) "
         "VALUES ('collection_registry', 'leak::' || NEW.collection_name, 'gateway'); "
         "RETURN NULL; END $$; "
         "CREATE TRIGGER zz_test_checkpoint_leak AFTER UPDATE OF birth_code_kind "
@@ -140,7 +140,7 @@ def test_refused_apply_names_the_gate_and_the_confirmed_run(lab):
 
 def test_preflight_refusal_before_the_run_was_named(lab):
     _, text, summary, _ = failed_run("--tags", "dryrun", "-e", "birth_stage2_container=")
-    assert_checkpoint(text, summary, "preflight", "bad-name", "must each be a non-empty name")
+    assert_checkpoint(text, summary, "preflight", "bad-name", "input(s), nothing was run")
     assert summary["births"]["before"] is None
     assert not LOCK_PATH.exists()
 

@@ -228,7 +228,7 @@ def test_rollback_refused_after_an_apply_changes_nothing():
 def test_birth_leak_during_classification_is_rolled_back():
     sql(
         "CREATE FUNCTION public.test_failures_leak() RETURNS trigger LANGUAGE plpgsql AS $$ "
-        "BEGIN INSERT INTO birth_registry (collection_name, entity_code, birth_source) "
+        "BEGIN INSERT INTO public.birth_registry (collection_name, entity_code, birth_source) "
         "VALUES ('collection_registry', 'leak::' || NEW.collection_name, 'gateway'); "
         "RETURN NULL; END $$; "
         "CREATE TRIGGER zz_test_failures_leak AFTER UPDATE OF birth_code_kind "

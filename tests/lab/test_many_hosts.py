@@ -45,6 +45,8 @@ def write_inventory(directory: Path, **host_vars: dict) -> Path:
         "ansible_ssh_common_args": f"-o UserKnownHostsFile={LAB_DIR}/ssh/known_hosts "
         "-o StrictHostKeyChecking=yes -o IdentitiesOnly=yes",
         "lab_dir": str(LAB_DIR),
+        # Who may sign which act: the lab's operators (the VPS key may sign dry-runs).
+        "birth_stage2_allowed_signers": f"{LAB_DIR}/allowed_signers",
         "birth_stage2_container": LAB_CONTAINER,
         "birth_stage2_db_user": "postgres",
     }
@@ -101,7 +103,7 @@ def test_one_host_fails_while_the_other_finishes(inventory):
     sql(
         "lab-vps-b",
         "CREATE FUNCTION public.test_hosts_leak() RETURNS trigger LANGUAGE plpgsql AS $$ "
-        "BEGIN INSERT INTO birth_registry (collection_name, entity_code, birth_source) "
+        "BEGIN INSERT INTO public.birth_registry (collection_name, entity_code, birth_source) "
         "VALUES ('collection_registry', 'leak::' || NEW.collection_name, 'gateway'); "
         "RETURN NULL; END $$; "
         "CREATE TRIGGER zz_test_hosts_leak AFTER UPDATE OF birth_code_kind "
@@ -145,14 +147,18 @@ def test_apply_stops_every_host_when_one_fails(inventory, tmp_path):
     assert rc == 0, out[-3000:]
     runs = {h: latest(h).name for h in HOSTS}
     sha_a = json.loads((latest("lab-vps-a") / "summary.json").read_text())["evidence"]["sha256"]
-    # Host a has every gate open (an independent review, an open permit); host b has none.
+    # Host a has every gate open (bob's signed review, carol's signed permit); host b none.
+    operators = LAB_DIR / "operators"
     for playbook, args in (
         ("playbooks/review.yml", ["-e", "birth_stage2_reviewer=t2-reviewer",
+                                  "-e", f"birth_stage2_signing_key={operators}/bob/id_ed25519",
                                   "-e", "birth_stage2_review_verdict=approved",
                                   "-e", f"birth_stage2_review_evidence={sha_a}",
                                   "-e", f"birth_stage2_review_run={runs['lab-vps-a']}"]),
         ("playbooks/permit.yml", ["-e", "birth_stage2_permit_action=open",
                                   "-e", "birth_stage2_permit_issuer=owner",
+                                  "-e", f"birth_stage2_signing_key={operators}/carol/id_ed25519",
+                                  "-e", f"birth_stage2_permit_evidence={sha_a}",
                                   "-e", "birth_stage2_permit_expires_in=2h"]),
     ):  # fmt: skip
         rc, out = play(inventory, "--limit", "lab-vps-a", *args, playbook=playbook)

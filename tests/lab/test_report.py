@@ -309,7 +309,7 @@ def test_upload_births_exactly_one_row_and_the_guard_accepts_it(full_run):
 def test_a_second_birth_fails_the_play_and_is_rolled_back(full_run):
     sql(
         "CREATE FUNCTION public.test_report_twice() RETURNS trigger LANGUAGE plpgsql AS $$ "
-        "BEGIN INSERT INTO birth_registry (collection_name, entity_code, birth_source) "
+        "BEGIN INSERT INTO public.birth_registry (collection_name, entity_code, birth_source) "
         "VALUES (TG_TABLE_NAME, TG_TABLE_NAME || '::twice::' || NEW.id, 'gateway'); "
         "RETURN NULL; END $$; "
         "CREATE TRIGGER zz_test_report_twice AFTER INSERT ON knowledge_documents "

@@ -51,8 +51,12 @@ def applied_births(before, after):
         raise ValueError("applied_births takes two lists of {collection, applied} rows")
     was = {r["collection"]: int(r.get("applied") or 0) for r in before}
     out = {}
+    # Only the collections this apply worked on: a row finished by an earlier apply (a
+    # resume skips it) moved nothing now.
     for row in after:
-        delta = int(row.get("applied") or 0) - was.get(row["collection"], 0)
+        if row["collection"] not in was:
+            continue
+        delta = int(row.get("applied") or 0) - was[row["collection"]]
         if delta:
             out[row["collection"]] = delta
     return out
