@@ -565,9 +565,11 @@ def test_apply_under_traffic_births_exactly_the_reviewed_codes(ready):
         "AND b.entity_code = pc.entity_code)"
     )
     assert unborn == [("0",)]
+    # Each reviewed code has exactly one birth (the registry's key), by the backfill.
     backfilled = sql(
-        "SELECT collection_name, count(*) FROM birth_registry WHERE birth_source = 'backfill' "
-        "AND collection_name IN (SELECT collection_name FROM birth_backfill_ledger) GROUP BY 1"
+        "SELECT pc.collection_name, count(*) FROM birth_stage2_plan_codes pc JOIN birth_registry"
+        " b ON b.collection_name = pc.collection_name AND b.entity_code = pc.entity_code"
+        " WHERE b.birth_source = 'backfill' GROUP BY 1"
     )
     assert {c: int(n) for c, n in backfilled} == REPORT_DELTAS
     batches = sql(
@@ -576,11 +578,16 @@ def test_apply_under_traffic_births_exactly_the_reviewed_codes(ready):
     assert int(batches[0][0]) > 1
 
 
-def test_a_batch_that_births_more_than_it_inserted_is_rolled_back(ready):
-    """A trigger on the registry births an echo of every backfilled code: the first batch sees
-    more births in its transaction than it inserted and rolls back, permit and all."""
+def test_a_batch_that_births_more_than_it_inserted_is_rolled_back(ready, tmp_path):
+    """A trigger on the registry births an echo of every backfilled code. The playbook's
+    safety guards refuse such a trigger before an apply; the procedure, CALLed directly with
+    the gates open, must refuse it too: its first batch sees more births in its transaction
+    than it inserted and rolls back, permit and all."""
     restore_ready()
-    before = state()
+    rendered = tmp_path / "sql"
+    playbook("playbooks/render_sql.yml", "-e", f"birth_stage2_render_dir={rendered}")
+    for name in ("04_dot_birth_qt001_plan_SOURCE.sql", "05_dot_birth_qt001_apply_SOURCE.sql"):
+        sql("BEGIN;\n" + (rendered / name).read_text() + "\nCOMMIT;\n")
     sql(
         "CREATE FUNCTION public.test_echo_births() RETURNS trigger LANGUAGE plpgsql AS $$\n"
         "BEGIN\n"
@@ -591,13 +598,17 @@ def test_a_batch_that_births_more_than_it_inserted_is_rolled_back(ready):
         "CREATE TRIGGER trg_test_echo AFTER INSERT ON public.birth_registry FOR EACH ROW\n"
         "  WHEN (NEW.birth_source = 'backfill') EXECUTE FUNCTION public.test_echo_births();\n"
     )
-    proc = apply(ready.run_id, check=False)
-    out = refused(proc, "birth guard FAILED inside this step's own transaction")
-    assert "nothing of it was committed" in out
-    after = state()
-    assert after["births"] == before["births"]
-    assert after["permits"] == before["permits"]
-    assert after["ledger"] == before["ledger"]
+    before = state()
+    permit = sql("SELECT max(id) FROM governance_permits WHERE status = 'open'")[0][0]
+    proc = run_psql(
+        f"CALL public.sp_dot_birth_qt001_apply('dot_domain_rules', 5000, {permit});\n",
+        db=LAB_DB,
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert "birth guard FAILED inside this step's own transaction" in proc.stderr, proc.stderr
+    assert "nothing of it was committed" in proc.stderr
+    assert state() == before
 
 
 def test_apply_runs_none_of_the_functions_planted_in_public(ready):
