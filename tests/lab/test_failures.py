@@ -19,34 +19,18 @@ import subprocess
 import time
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import LAB_CONTAINER, LAB_DB, REPO, lab_env, lab_playbook, run_psql
+from tests.conftest import LAB_CONTAINER, LAB_DB, REPO, lab_env
+from tests.lab.labrun import (  # one isolation plumbing for every lab module
+    LOCK_PATH,
+    births,
+    play,
+    reset_lab,
+    sql,
+)
 from tests.test_runbook import check_command, failure_sections, section_fragments, squash
-
-DEFAULT_DB = "birth_lab"
-ISOLATED = LAB_DB != DEFAULT_DB
-STAGING_ROOT = (
-    f"/opt/incomex/docs/mcp-writes-{LAB_DB}" if ISOLATED else "/opt/incomex/docs/mcp-writes"
-)
-# birth_stage2_run_lock_path's default: the lease lives in the staging root.
-LOCK_PATH = Path(STAGING_ROOT) / ".birth-stage2.lock"
-STAGE2_ARGS = (
-    ["-e", f"birth_stage2_db_name={LAB_DB}", "-e", f"birth_stage2_staging_root={STAGING_ROOT}"]
-    if ISOLATED
-    else []
-)
-RESET = ["playbooks/lab.yml", "-e", "lab_action=reset"] + (
-    ["-e", f"lab_db_name={LAB_DB}", "-e", "lab_reset_vps=false"] if ISOLATED else []
-)
-
-
-def reset_lab() -> None:
-    lab_playbook(*RESET)
-    LOCK_PATH.parent.mkdir(parents=True, exist_ok=True)
-    LOCK_PATH.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -54,27 +38,6 @@ def lab():
     reset_lab()
     yield
     reset_lab()
-
-
-def sql(text: str) -> list[str]:
-    return [line for line in run_psql(text, db=LAB_DB).stdout.splitlines() if line]
-
-
-def births() -> tuple[str, ...]:
-    """Total births and a fingerprint of the births per collection."""
-    return tuple(
-        sql(
-            "SELECT count(*), md5(coalesce(string_agg(collection_name || ':' || n, ',' "
-            "ORDER BY collection_name), '')) FROM (SELECT collection_name, count(*) AS n "
-            "FROM birth_registry GROUP BY collection_name) c"
-        )[0].split("\t")
-    )
-
-
-def play(*args: str, playbook: str = "stage2.yml") -> tuple[int, str]:
-    """Run a playbook on the lab; (rc, its output with Ansible's line wrapping undone)."""
-    proc = lab_playbook(playbook, *args, *STAGE2_ARGS, check=False)
-    return proc.returncode, squash(proc.stdout + proc.stderr).replace("''", "'")
 
 
 def new_run_id() -> str:
