@@ -18,16 +18,8 @@ import time
 import pytest
 
 from tests.conftest import REPO, lab_env
-from tests.lab.labrun import ssh_relay
-from tests.lab.test_failures import (
-    LOCK_PATH,
-    STAGE2_ARGS,
-    births,
-    new_run_id,
-    play,
-    reset_lab,
-    sql,
-)
+from tests.lab.labrun import LOCK_PATH, STAGE2_ARGS, births, play, reset_lab, sql, ssh_relay
+from tests.lab.test_failures import new_run_id
 from tests.test_reports_kb_safe import fenced_lines
 from tests.test_runbook import failure_sections
 
