@@ -84,3 +84,54 @@ def test_lab_status_reports_the_running_lab():
     assert "container=running" in proc.stdout
     assert "sshd=up" in proc.stdout
     assert "births=1210868" in proc.stdout
+
+
+def test_lab_up_replaces_a_container_whose_processes_are_gone():
+    """A machine restored from a snapshot keeps the engine's record ("running") but not the
+    processes; exec then fails with "cannot exec in a stopped container" and such a container
+    can be neither started nor stopped. The lab must replace it and keep its data volume."""
+    name = "birth-lab-pg-stale-test"
+    extra = ["-e", f"lab_container={name}"]
+    docker = ["docker"]
+
+    def engine(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [*docker, *args], text=True, capture_output=True, env=lab_env(), timeout=120
+        )
+
+    try:
+        lab_playbook("tests/fixtures/lab_container_only.yml", *extra)
+        assert (
+            engine(
+                "exec",
+                name,
+                "psql",
+                "-U",
+                "postgres",
+                "-c",
+                "CREATE TABLE kept (x int); INSERT INTO kept VALUES (7)",
+            ).returncode
+            == 0
+        )
+        pid = engine("inspect", "--format", "{{.State.Pid}}", name).stdout.strip()
+        conmon = subprocess.run(
+            ["pgrep", "-f", f"conmon .*-n {name} "], text=True, capture_output=True
+        ).stdout.split()
+        assert pid.isdigit() and conmon
+        # Everything dies at once, as in a power cut: the engine is told nothing.
+        subprocess.run(["kill", "-9", *conmon, pid], check=True)
+        assert engine("inspect", "--format", "{{.State.Status}}", name).stdout.strip() == "running"
+        assert "stopped container" in engine("exec", name, "sh", "-c", "exit 0").stderr
+
+        proc = lab_playbook("tests/fixtures/lab_container_only.yml", *extra)
+        assert "Remove a container whose record outlived its processes" in proc.stdout
+        kept = engine(
+            "exec", name, "psql", "-U", "postgres", "-A", "-t", "-c", "SELECT x FROM kept"
+        )
+        assert kept.stdout.strip() == "7", kept.stderr
+        # And a second run keeps it as it is.
+        again = lab_playbook("tests/fixtures/lab_container_only.yml", *extra)
+        assert "changed=0" in again.stdout
+    finally:
+        engine("rm", "--force", name)
+        engine("volume", "rm", "--force", f"{name}-data")
