@@ -184,3 +184,28 @@ def test_the_partitioned_collection_is_walked_through_its_leaves(shapes):
     codes = sql("SELECT count(*) FROM birth_registry WHERE collection_name = 'part_coll' "
                 "AND birth_source = 'backfill'")  # fmt: skip
     assert codes == [("140",)]
+
+
+def test_every_function_stage2_deploys_pins_its_search_path(shapes):
+    """The procedure cannot carry SET (it COMMITs; it pins search_path in each transaction);
+    every function can, and PUBLIC may execute none of the apply's."""
+    rows = sql(
+        "SELECT p.proname, p.prokind, coalesce(array_to_string(p.proconfig, ','), ''),"
+        " coalesce(has_function_privilege('public', p.oid, 'EXECUTE')::text, '') "
+        "FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+        "WHERE n.nspname = 'public' AND p.proname LIKE '%dot_birth_qt001%' ORDER BY 1"
+    )
+    assert {r[0] for r in rows} == {
+        "fn_dot_birth_qt001_apply_batch",
+        "fn_dot_birth_qt001_apply_source",
+        "fn_dot_birth_qt001_plan",
+        "sp_dot_birth_qt001_apply",
+    }
+    for name, kind, config, _public in rows:
+        if kind == "f":
+            assert config == "search_path=pg_catalog, pg_temp", name
+    assert {r[0]: r[3] for r in rows if r[0] != "fn_dot_birth_qt001_plan"} == {
+        "fn_dot_birth_qt001_apply_batch": "false",
+        "fn_dot_birth_qt001_apply_source": "false",
+        "sp_dot_birth_qt001_apply": "false",
+    }
