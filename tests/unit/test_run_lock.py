@@ -387,3 +387,46 @@ def test_module_refresh_gives_an_old_lease_a_token(run_module, lock_path):
     out = run_module("birth_run_lock", {"path": str(lock_path), "run_id": MINE})
     assert out["action"] == REFRESH and isinstance(out["lease"]["token"], int)
     assert json.loads(lock_path.read_text())["token"] == out["lease"]["token"]
+
+
+def test_module_sql_hands_its_lease_token_to_the_database_fence(run_module, fake_docker, lock_path):
+    lock_path.parent.mkdir()
+    lock_path.write_text(json.dumps(new_lease(MINE, NOW, "me@host", token=4242)))
+    args = {
+        "container": "pg",
+        "db_name": "d",
+        "db_user": "u",
+        "sql": "UPDATE t SET a = 1;",
+        "lease_path": str(lock_path),
+        "lease_run_id": MINE,
+        "lock_name": "birth_stage2",
+        "fence": {"table": "birth_stage2_fence", "schema": "public"},
+    }
+    fake_docker.answer_json({"changed": True})
+    out = run_module("birth_sql", args)
+    assert not out.get("failed") and out["fenced"] is False, out
+    assert "SET birth_stage2.fence_token = '4242';" in fake_docker.stdin
+    assert "v_run constant text := 'run-mine';" in fake_docker.stdin
+    assert 'INSERT INTO "public"."birth_stage2_fence"' in fake_docker.stdin
+    # Read only: no fence. No token in the lease, or no fence table named: no fence either.
+    for extra in ({"read_only": True}, {"fence": None}):
+        run_module("birth_sql", dict(args, **extra))
+        assert "fence_token" not in fake_docker.stdin
+    lock_path.write_text(json.dumps(new_lease(MINE, NOW, "me@host")))
+    run_module("birth_sql", args)
+    assert "fence_token" not in fake_docker.stdin
+
+    # The database has seen a greater token: the refusal is reported as fenced.
+    lock_path.write_text(json.dumps(new_lease(MINE, NOW, "me@host", token=4242)))
+    fake_docker.fail_on(
+        "$birth_fence$;",
+        "refused by the run fence in the database: this session is run run-mine with fencing "
+        "token 4242 (lock 'birth_stage2'), but the database has already seen run run-other with "
+        "token 5000: this run's lease was broken (another run took it over), so it stops here; "
+        "nothing of this step was written",
+        "HINT:  see docs/RUNBOOK.md#lease-broken\n",
+    )
+    out = run_module("birth_sql", args)
+    assert out["failed"] and out["fenced"] is True, out
+    assert "run run-other with token 5000" in out["msg"]
+    assert "docs/RUNBOOK.md#lease-broken" in out["msg"]
