@@ -16,6 +16,12 @@ description:
     V(acquired) creates it atomically (the content is written to a temporary file first,
     then hard-linked into place, so a lease is never seen half written); by the same run it
     only refreshes C(refreshed_at) (a heartbeat, reported as unchanged).
+  - Each lease carries a fencing C(token), an integer issued when the lease is created or
+    broken (taken over) and kept by every refresh - strictly greater than every token issued
+    before on that path (the counter file C(<path>.token) next to the lease, written
+    atomically) and never below the current time in milliseconds. M(birth_sql) records it
+    in the database with every write, so a run whose lease was broken is refused there at
+    its next write.
   - A lease held by another run is never taken over, even when it looks stale (no refresh
     for O(stale_after) seconds); the failure says so and tells how to break it
     (O(break_run_id), from C(-e birth_stage2_break_lock=<run id>)).
@@ -99,7 +105,8 @@ lease:
   returned: always
   type: dict
   sample: {"run_id": "20251126T024100-ab12", "owner": "ops@laptop",
-           "acquired_at": "2025-11-26T02:41:00Z", "refreshed_at": "2025-11-26T02:55:13Z"}
+           "acquired_at": "2025-11-26T02:41:00Z", "refreshed_at": "2025-11-26T02:55:13Z",
+           "token": 1764124860000}
 holder:
   description: Run id holding the lease before the task ran (null when none).
   returned: always
@@ -132,8 +139,12 @@ from ansible.module_utils.birth_stage2_lock import (  # noqa: E402
     STATES,
     create_lease,
     decide,
+    issue_token,
+    lease_token,
     new_lease,
+    next_token,
     read_lease,
+    read_token,
     remove_lease,
     replace_lease,
 )
@@ -171,14 +182,26 @@ def main():
     if action in FAILURES:
         module.fail_json(msg=message, **result)
 
+    def token():
+        """A new fencing token (in check mode only what it would be: nothing is written)."""
+        if module.check_mode:
+            seen = [t for t in (read_token(path), lease_token(existing)) if t]
+            return next_token(max(seen, default=None), now)
+        return issue_token(path, now, floor=lease_token(existing))
+
     lease = existing
-    if action in (CREATE, BREAK):
-        lease = new_lease(run_id, now, p["owner"])
-    elif action == REFRESH:
-        owner = p["owner"] or existing.get("owner")
-        lease = new_lease(run_id, now, owner, existing.get("acquired_at"))
-    elif action == REMOVE:
-        lease = None
+    try:
+        if action in (CREATE, BREAK):
+            lease = new_lease(run_id, now, p["owner"], token=token())
+        elif action == REFRESH:
+            # A refresh keeps the token (a lease written before tokens existed gets one).
+            owner = p["owner"] or existing.get("owner")
+            kept = lease_token(existing) or token()
+            lease = new_lease(run_id, now, owner, existing.get("acquired_at"), token=kept)
+        elif action == REMOVE:
+            lease = None
+    except OSError as exc:
+        module.fail_json(msg=f"Stage 2 run lock {path}: fencing token: {exc}", **result)
     result["lease"] = lease
 
     if module.check_mode:

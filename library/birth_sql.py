@@ -121,6 +121,26 @@ options:
   lease_run_id:
     description: The run that must hold O(lease_path).
     type: str
+  fence:
+    description:
+      - The fence table in the database. When the lease (O(lease_path), O(lease_run_id)) is
+        this run's and carries a fencing C(token) (M(birth_run_lock) issues one), every
+        session that may write sets C(birth_stage2.fence_token) and, inside the step's
+        transaction (for O(transaction=none), before the script, in autocommit), records the
+        token for O(lock_name) in this table - unless the database has already seen a greater
+        token, from a run that took the lease over. Then the step is refused by the database,
+        nothing of it written, and the task reports C(fenced=true).
+      - The check applies only while the table exists (step 01 creates it, the rollback drops
+        it). Read-only sessions are not fenced.
+    type: dict
+    suboptions:
+      table:
+        description: The fence table (columns C(lock_name), C(token), C(run_id), C(updated_at)).
+        type: str
+        required: true
+      schema:
+        description: Its schema (unqualified when empty).
+        type: str
   heartbeat_seconds:
     description: How often the lease is refreshed (and checked) while the script runs.
     type: int
@@ -283,7 +303,8 @@ skipped_in_check_mode:
   sample: false
 fenced:
   description: True when the script did not run, or was cancelled, because this run no
-    longer held its lease (O(lease_path)).
+    longer held its lease (O(lease_path)), or when the database refused it because it had
+    seen a greater fencing token (O(fence)).
   returned: always
   type: bool
   sample: false
@@ -321,10 +342,12 @@ from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 from ansible.module_utils.birth_stage2_lock import (  # noqa: E402
     fence,
     heartbeat,
+    lease_token,
     read_lease,
     replace_lease,
 )
 from ansible.module_utils.birth_stage2_psql import (  # noqa: E402
+    FENCE_REFUSED_TEXT,
     TIMEOUT_RC,
     TRANSACTIONS,
     build_command,
@@ -359,6 +382,13 @@ def argument_spec():
         lease_path={"type": "path"},
         lease_run_id={"type": "str"},
         heartbeat_seconds={"type": "int", "default": 60},
+        fence={
+            "type": "dict",
+            "options": {
+                "table": {"type": "str", "required": True},
+                "schema": {"type": "str"},
+            },
+        },
         births={
             "type": "dict",
             "options": {
@@ -427,6 +457,7 @@ class Lease:
     def __init__(self, path, run_id):
         self.path, self.run_id = path, run_id
         self.lost = None
+        self.token = None  # the lease's fencing token, once read from a lease that is ours
 
     def check(self):
         """Why this run must stop (and remember it), else refresh the heartbeat; None if ok."""
@@ -434,6 +465,7 @@ class Lease:
             existing = read_lease(self.path)
             reason = fence(existing, self.run_id, self.path)
             if reason is None:
+                self.token = lease_token(existing)
                 replace_lease(self.path, heartbeat(existing, time.time()))
         except (OSError, ValueError) as exc:
             reason = f"the run lease {self.path} cannot be read or refreshed: {exc}"
@@ -515,6 +547,12 @@ def main():
             **{k: v for k, v in common.items() if k != "rc"},
         )
 
+    # The database side of the fence: this run's token, checked by every write session.
+    db_fence = None
+    if lease is not None and lease.token is not None and p["fence"]:
+        db_fence = dict(
+            p["fence"], token=lease.token, lock_name=p["lock_name"], run_id=p["lease_run_id"]
+        )
     try:
         stdin_text, preamble = wrap_script(
             body,
@@ -527,6 +565,7 @@ def main():
             read_only=p["read_only"],
             idle_timeout=p["idle_timeout"],
             births=p["births"],
+            fence=db_fence,
         )
         docker = p["docker_bin"]
         if "/" not in docker:
@@ -600,6 +639,10 @@ def main():
         )
     if rc != 0:
         msg = explain_error(stderr, preamble, script, body_lines=count_lines(body))
+        if db_fence is not None and FENCE_REFUSED_TEXT in stderr:
+            # The database saw a greater fencing token: another run holds the lease now.
+            outcome["fenced"] = True
+            msg = f"{msg}\n{FENCE_HINT}"
         module.fail_json(msg=msg, stderr=stderr, container=p["container"], **common, **outcome)
 
     parsed = parse_output(stdout)

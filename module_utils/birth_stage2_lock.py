@@ -11,6 +11,13 @@ unit test; the modules only read the file, call them and carry out the action. T
 (atomic create, replace, remove) is here too, shared by ``birth_run_lock`` (which takes and
 releases the lease) and ``birth_sql`` (which checks it before every script and keeps it
 fresh while the script runs: the fence).
+
+Each lease carries a fencing ``token``: an integer strictly greater than every token issued
+before on that lease path (a counter file next to the lease, ``<lease>.token``), and never
+below the current time in milliseconds, so a lease taken on another path later still gets a
+greater one. ``birth_sql`` hands it to every write session, which records it in the
+database and is refused there once a greater token has been seen: a run whose lease was
+broken stops at its next write even if the lease file says otherwise.
 """
 
 from __future__ import annotations
@@ -52,14 +59,88 @@ def epoch(text):
         return None
 
 
-def new_lease(run_id, now, owner=None, acquired_at=None):
-    """The lease document written for ``run_id`` (``acquired_at`` kept on refresh)."""
-    return {
+def new_lease(run_id, now, owner=None, acquired_at=None, token=None):
+    """The lease document written for ``run_id`` (``acquired_at`` and ``token`` kept on refresh)."""
+    lease = {
         "run_id": run_id,
         "owner": owner or "unknown",
         "acquired_at": acquired_at or iso(now),
         "refreshed_at": iso(now),
     }
+    if token is not None:
+        lease["token"] = token
+    return lease
+
+
+# --------------------------------------------------------------------------- fencing token
+
+
+def valid_token(value):
+    """``value`` when it is a positive integer token (a bool is not), else None."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        return None
+    return value
+
+
+def lease_token(lease):
+    """The fencing token a lease carries, or None (no lease, none written, or not an integer)."""
+    return valid_token(lease.get("token")) if isinstance(lease, dict) else None
+
+
+def token_path(path):
+    """The counter file of the lease at ``path``: the last token issued on it."""
+    return f"{path}.token"
+
+
+def next_token(previous, now):
+    """The token after ``previous``: max(previous + 1, ``now`` in milliseconds).
+
+    Strictly increasing on one lease path whatever the clock does, and (with a sane clock)
+    greater than any token issued earlier on another path.
+    """
+    millis = int(now * 1000)
+    previous = valid_token(previous)
+    return millis if previous is None else max(previous + 1, millis)
+
+
+def parse_token(text):
+    """The token in a counter file's content, or None when it is not a positive integer."""
+    text = (text or "").strip()
+    if not text.isdigit():
+        return None
+    return valid_token(int(text))
+
+
+def read_token(path):
+    """The last token issued on the lease at ``path`` (its counter file), or None."""
+    try:
+        with open(token_path(path), encoding="utf-8") as handle:
+            return parse_token(handle.read())
+    except FileNotFoundError:
+        return None
+
+
+def issue_token(path, now, floor=None):
+    """A new token for the lease at ``path``, recorded in its counter file (atomically).
+
+    ``floor`` is a token known to be issued already (the lease being broken carries one):
+    the new token is greater than it too, should the counter file have been lost.
+    """
+    previous = max((t for t in (read_token(path), valid_token(floor)) if t), default=None)
+    token = next_token(previous, now)
+    counter = token_path(path)
+    fd, tmp = tempfile.mkstemp(prefix=".birth_stage2_token.", dir=os.path.dirname(path) or ".")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(f"{token}\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, counter)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    return token
 
 
 def parse_lease(text):

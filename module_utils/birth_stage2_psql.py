@@ -452,6 +452,80 @@ def _lock_block(lock_name, lock_wait_seconds):
     ]
 
 
+# What the database says when a session's fencing token is below one it has already seen
+# (birth_sql reports such a refusal as fenced; the apply procedure says it too).
+FENCE_REFUSED_TEXT = "refused by the run fence in the database"
+FENCE_SETTING = "birth_stage2.fence_token"
+
+
+def fence_sql(fence, transaction):
+    """(session lines, check lines) of the database fence of a session that may write.
+
+    ``fence``: ``{"token": int, "lock_name": str, "run_id": str, "table": T, "schema": S}``.
+    The session lines set ``birth_stage2.fence_token`` for the whole session (the apply
+    procedure reads it at every batch). The check lines, run inside the step's transaction
+    (``transaction='none'``: in autocommit, before the script), record the token for the
+    lock in the fence table when that table exists, unless the database has already seen a
+    greater one: then they raise, and nothing of the step is written. Every value pasted is
+    quoted here (hence the S608 waivers).
+    """
+    if not isinstance(fence, dict):
+        raise ValueError(f"fence must be a mapping, got {fence!r}")
+    token = fence.get("token")
+    if isinstance(token, bool) or not isinstance(token, int) or token < 1:
+        raise ValueError(f"fence token must be a positive integer, got {token!r}")
+    for what in ("lock_name", "run_id", "table"):
+        if not isinstance(fence.get(what), str) or not fence[what]:
+            raise ValueError(f"fence {what} must be a non-empty string, got {fence.get(what)!r}")
+        if "$birth_fence$" in fence[what]:
+            raise ValueError(f"fence {what} {fence[what]!r} contains the wrapper's quote tag")
+    if transaction not in TRANSACTIONS:
+        raise ValueError(f"transaction {transaction!r} is not one of {', '.join(TRANSACTIONS)}")
+    table = quote_ident(fence["table"])
+    if fence.get("schema"):
+        table = f"{quote_ident(fence['schema'])}.{table}"
+    nothing = "nothing of this step was written"
+    if transaction == "none":
+        nothing = "nothing of this script ran"
+    session = [f"SET {FENCE_SETTING} = {quote_literal(str(token))};"]
+    check = [
+        "-- The run fence: this session writes only while no greater fencing token was seen.",
+        "DO $birth_fence$",
+        "DECLARE",
+        f"  v_token constant bigint := {token};",
+        f"  v_lock constant text := {quote_literal(fence['lock_name'])};",
+        f"  v_run constant text := {quote_literal(fence['run_id'])};",
+        "  v_seen bigint;",
+        "  v_seen_run text;",
+        "BEGIN",
+        f"  IF to_regclass({quote_literal(table)}) IS NULL THEN",
+        "    RETURN;  -- no fence table yet (step 01 makes it) or any more (rollback drops it)",
+        "  END IF;",
+        f"  INSERT INTO {table} AS f (lock_name, token, run_id, updated_at)",
+        "  VALUES (v_lock, v_token, v_run, now())",
+        "  ON CONFLICT (lock_name) DO UPDATE",
+        "     SET token = EXCLUDED.token, run_id = EXCLUDED.run_id,",
+        "         updated_at = EXCLUDED.updated_at",
+        "   WHERE f.token <= EXCLUDED.token;",
+        "  IF NOT FOUND THEN",
+        f"    SELECT f.token, f.run_id INTO v_seen, v_seen_run FROM {table} f",  # noqa: S608
+        "     WHERE f.lock_name = v_lock;",
+        "    RAISE EXCEPTION USING ERRCODE = 'lock_not_available',",
+        "      MESSAGE = format(",
+        "        '%s: this session is run %s with fencing token %s (lock %s), but the '",
+        "        || 'database has already seen run %s with token %s: this run''s lease was '",
+        "        || 'broken (another run took it over), so it stops here; %s',",
+        f"        {quote_literal(FENCE_REFUSED_TEXT)}, v_run, v_token, quote_literal(v_lock),",
+        "        coalesce(v_seen_run, '?'), coalesce(v_seen::text, '?'),",
+        f"        {quote_literal(nothing)}),",
+        "      HINT = 'see docs/RUNBOOK.md#lease-broken';",
+        "  END IF;",
+        "END",
+        "$birth_fence$;",
+    ]
+    return session, check
+
+
 BIRTHS_MARKER = "births"
 BIRTH_LEAK_TEXT = "birth guard FAILED inside this step's own transaction"
 
@@ -546,6 +620,7 @@ def wrap_script(
     read_only=False,
     idle_timeout="5min",
     births=None,
+    fence=None,
 ):
     """The stdin text for psql and the number of lines that precede ``body`` in it.
 
@@ -565,6 +640,12 @@ def wrap_script(
     this transaction did, whatever the application commits meanwhile. Any difference other
     than ``allowed`` (or a birth hidden by a deletion: the largest id moved) raises before
     COMMIT, so the step rolls back; the counted difference is printed as a marker.
+
+    ``fence`` (``{"token", "lock_name", "run_id", "table", "schema"}``, see ``fence_sql``),
+    for a session that may write, sets ``birth_stage2.fence_token`` and checks the token
+    against the fence table inside the step's transaction (before the script, in
+    autocommit, for ``transaction='none'``): a run whose lease was broken is refused by the
+    database at its next write, nothing of the step written. Read-only sessions skip it.
     """
     _check_text("script", body)
     if transaction not in TRANSACTIONS:
@@ -582,6 +663,8 @@ def wrap_script(
     birth_check = births_check_sql(births) if births and transaction != "none" else None
     if birth_check and read_only:
         birth_check = None  # a read-only transaction cannot birth anything
+    # A read-only session writes nothing, so it has nothing to fence.
+    fence_lines = fence_sql(fence, transaction) if fence and not read_only else ([], [])
 
     lines = [
         "-- birth_stage2 wrapper (generated): settings, run lock, transaction, timing markers.",
@@ -598,17 +681,22 @@ def wrap_script(
         lines += _lock_block(lock_name, lock_wait_seconds)
     # After the lock: the wait is bounded by lock_wait_seconds, not cut by statement_timeout.
     lines.append(f"SET statement_timeout = {quote_literal(statement_timeout.strip())};")
+    lines += fence_lines[0]
     if read_only and transaction == "none":
         # No wrapping transaction to mark READ ONLY: make every transaction of the session so.
         lines.append("SET default_transaction_read_only = on;")
     lines.append(T0_SELECT)
     trailer = []
+    if transaction == "none":
+        lines += fence_lines[1]  # autocommit: recorded (or refused) before the script starts
     if transaction != "none":
         lines.append(
             "BEGIN ISOLATION LEVEL REPEATABLE READ" + (" READ ONLY;" if read_only else ";")
         )
         # Transaction-local: gone if the script commits or rolls back by itself (checked below).
         lines.append("SET LOCAL birth_stage2.wrapped = 'on';")
+        # The fence first: a refused session writes nothing, not even its births table.
+        lines += fence_lines[1]
         if birth_check:
             lines += birth_check[0]
             trailer += birth_check[1]

@@ -29,6 +29,7 @@ import pytest
 
 from tests.conftest import LAB_DB, REPO, lab_env, lab_playbook, psql_prefix, run_psql
 from tests.lab.labrun import Writer
+from tests.test_runbook import squash
 
 READY_DB = f"{LAB_DB}_apply_ready"
 ISOLATED = LAB_DB != "birth_lab"
@@ -535,6 +536,85 @@ def test_interrupted_apply_resumes_to_the_same_end_state(ready, applied):
     apply(ready.run_id, "-e", f"birth_stage2_run_id={resumed_id}")
     assert summary(resumed_id)["apply"]["mode"] == "resume"
     assert state() == applied["after"]
+
+
+def test_a_fence_bumped_mid_apply_stops_it_at_its_next_batch(ready):
+    """Another run takes the lease over while the apply runs (its token, greater, reaches the
+    fence table): the apply stops at its next batch, the batches before it stay committed,
+    nothing is marked failed, and a fresh run (a new lease, a greater token) resumes."""
+    restore_ready()
+    # The batch that reaches the last missing dot_domain_rules code waits on this uncommitted
+    # birth: the apply is held between two batches while the fence moves.
+    blocker = background_psql(
+        "SET application_name = 'apply-test-fence-blocker';\nBEGIN;\n"
+        "INSERT INTO birth_registry (collection_name, entity_code, birth_source) "
+        "VALUES ('dot_domain_rules', 'DOTD-00000412', 'backfill');\nSELECT pg_sleep(600);\n"
+    )
+    run_id = new_run_id("fenced")
+    cmd = [
+        str(REPO / ".venv" / "bin" / "ansible-playbook"), "stage2.yml", "--tags", "apply",
+        "-e", f"birth_stage2_apply_confirm={ready.run_id}", "-e", f"birth_stage2_run_id={run_id}",
+        "-e", "birth_stage2_apply_batch_size=1", *EXTRA,
+    ]  # fmt: skip
+    env = lab_env()
+    env["PATH"] = f"{REPO / '.venv' / 'bin'}:{env.get('PATH', '')}"
+    play = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    breaker = None
+    try:
+        wait_for(
+            "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' "  # noqa: S608
+            f"AND application_name = 'birth_stage2:{run_id}'"
+        )
+        (token,) = wait_for(
+            f"SELECT token FROM birth_stage2_fence WHERE run_id = '{run_id}'"  # noqa: S608
+        )[0]
+        # Another run's greater token (it waits for the held batch, which read the fence).
+        breaker = background_psql(
+            "SET application_name = 'apply-test-fence-breaker';\n"
+            f"UPDATE birth_stage2_fence SET token = {int(token) + 1}, run_id = 'fence-breaker'"
+            " WHERE lock_name = 'birth_stage2';\n"
+        )
+        wait_for(
+            "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND application_name = 'apply-test-fence-breaker'"
+        )
+        terminate("apply-test-fence-blocker")  # the held batch commits; the next one is fenced
+        out, _ = play.communicate(timeout=300)
+    finally:
+        terminate("apply-test-fence-blocker")
+        blocker.kill()
+        blocker.wait()
+        if breaker is not None:
+            breaker.stdin.close()
+            breaker.wait(timeout=60)
+        if play.poll() is None:
+            play.kill()
+    assert play.returncode != 0, out[-3000:]
+    text = squash(out).replace("''", "'")  # YAML folds and quotes the message
+    assert "refused by the run fence in the database" in text, out[-4000:]
+    assert f"run {run_id} with fencing token {token}" in text
+    assert f"already seen run fence-breaker with token {int(token) + 1}" in text
+    assert "lease was broken" in text and "(the batches before it stay)" in text
+
+    mid = state()
+    ledger = {row[0]: row for row in mid["ledger"]}
+    assert "failed" not in {row[1] for row in mid["ledger"]}
+    assert {ledger[c][1] for c in ("apr_action_types", "apr_approvals")} == {"done"}
+    assert ledger["normative_relations"][1] in ("planned", "applying")  # stopped before the end
+    assert BIRTHS_BEFORE < mid["births"] < BIRTHS_AFTER
+    assert mid["births"] == BIRTHS_BEFORE + sum(int(row[3] or 0) for row in mid["ledger"])
+
+    # A fresh run takes the lease with a new, greater token and resumes to the end state.
+    resumed_id = new_run_id("resume")
+    apply(ready.run_id, "-e", f"birth_stage2_run_id={resumed_id}")
+    assert summary(resumed_id)["apply"]["mode"] == "resume"
+    end = state()
+    assert end["births"] == BIRTHS_AFTER
+    assert {row[1] for row in end["ledger"]} == {"done"}
+    (seen,) = sql("SELECT run_id FROM birth_stage2_fence WHERE lock_name = 'birth_stage2'")
+    assert seen == (resumed_id,)
 
 
 # ---- on a live system (births attributed, issue 11) ----------------------------------------

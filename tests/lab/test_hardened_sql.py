@@ -391,3 +391,63 @@ def test_check_mode_takes_the_lease_and_a_reused_run_id_is_refused():
     assert not LOCK_PATH.exists()
     rc, out = play("--tags", "dryrun", "-e", f"birth_stage2_run_id={run_id}")
     assert rc != 0 and f"refused run id {run_id}: it names an earlier run" in out, out[-2000:]
+
+
+FENCE = {"table": "birth_stage2_fence", "schema": "public"}
+
+
+def test_the_database_fence_refuses_a_run_whose_lease_file_still_names_it(tmp_path):
+    """The lease file still names the old run (the VPS-side check passes), but the database
+    has seen a greater fencing token, from the run that took the lease over: each write
+    session of the old run is refused inside its transaction, nothing of it written."""
+    sql(
+        "CREATE TABLE IF NOT EXISTS public.birth_stage2_fence (lock_name text PRIMARY KEY,"
+        " token bigint NOT NULL, run_id text NOT NULL, updated_at timestamptz);\n"
+        "INSERT INTO public.birth_stage2_fence VALUES ('birth_stage2', 2000, 'run-new', now())"
+        " ON CONFLICT (lock_name) DO UPDATE SET token = 2000, run_id = 'run-new';"
+    )
+    lease = tmp_path / "lease"
+    lease_file(lease, "run-old", token=1000)
+    try:
+        for transaction in ("commit", "none"):
+            name = f"fence_{uuid.uuid4().hex[:8]}"
+            out = adhoc(
+                "birth_sql",
+                dict(
+                    CONNECTION,
+                    sql=f"CREATE TABLE public.{name} ();\n",
+                    transaction=transaction,
+                    lease_path=str(lease),
+                    lease_run_id="run-old",
+                    fence=FENCE,
+                ),
+            )
+            assert out["failed"] and out["fenced"], out
+            assert "refused by the run fence in the database" in out["msg"], out["msg"]
+            assert "run run-old with fencing token 1000" in out["msg"]
+            assert "already seen run run-new with token 2000" in out["msg"]
+            assert "lease was broken" in out["msg"] and "lease-broken" in out["msg"]
+            assert not table_exists(name)
+        assert sql("SELECT token, run_id FROM public.birth_stage2_fence") == ["2000\trun-new"]
+        # The run that holds the lease now writes, and a greater token moves the fence on.
+        lease_file(lease, "run-new", token=2000)
+        name = f"fence_{uuid.uuid4().hex[:8]}"
+        body = f"CREATE TABLE public.{name} ();\nSELECT json_build_object('changed', true);\n"
+        args = dict(CONNECTION, sql=body, fence=FENCE)
+        out = adhoc("birth_sql", dict(args, lease_path=str(lease), lease_run_id="run-new"))
+        assert not out["failed"] and not out["fenced"], out
+        assert table_exists(name)
+        lease_file(lease, "run-next", token=3000)
+        out = adhoc(
+            "birth_sql",
+            dict(
+                args,
+                sql="SELECT json_build_object('x', 1);\n",
+                lease_path=str(lease),
+                lease_run_id="run-next",
+            ),
+        )
+        assert not out["failed"], out
+        assert sql("SELECT token, run_id FROM public.birth_stage2_fence") == ["3000\trun-next"]
+    finally:
+        sql("DROP TABLE IF EXISTS public.birth_stage2_fence;")

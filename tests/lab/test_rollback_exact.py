@@ -75,6 +75,8 @@ def test_rollback_leaves_a_row_classified_before_stage2_alone():
         )
         > 1
     )
+    # The run fence came with the run's first write (step 01) and holds its fencing token.
+    assert sql("SELECT count(*) FROM public.birth_stage2_fence") == ["1"]
     rc, out = play("--tags", "rollback")
     assert rc == 0, out[-3000:]
     assert sql(REGISTRY_STATE) == before
@@ -83,6 +85,7 @@ def test_rollback_leaves_a_row_classified_before_stage2_alone():
         f"WHERE collection_name = '{earlier}'"
     ) == [SOURCE]
     assert sql("SELECT to_regclass('public.birth_stage2_changes') IS NULL") == ["t"]
+    assert sql("SELECT to_regclass('public.birth_stage2_fence') IS NULL") == ["t"]
 
 
 def test_rollback_puts_back_the_tool_rows_an_apply_left_alone_or_changed():

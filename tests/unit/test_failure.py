@@ -53,6 +53,9 @@ def test_skipped_phases_are_not_blamed():
          " rolled back, nothing of it was committed", "birth-leak"),
         ("05.sql: the run lease /l now belongs to run B (...): it was broken, so this run stops"
          " here; nothing of this script ran.", "lease-broken"),
+        ("11.sql (wrapper, before the script's first line): ERROR: refused by the run fence in"
+         " the database: this session is run A with fencing token 1 (lock 'x'), but the"
+         " database has already seen run B with token 2", "lease-broken"),
         ("Preflight on h: the staging root /r does not exist on the VPS; create it: ansible",
          "vps-not-ready"),
         ("something nobody quoted", None),

@@ -11,6 +11,7 @@ import sys
 
 import pytest
 from ansible.module_utils.birth_stage2_psql import (
+    FENCE_REFUSED_TEXT,
     LOCK_BUSY_TEXT,
     TIMEOUT_RC,
     advisory_key,
@@ -424,6 +425,86 @@ def test_wrap_script_transaction_none(read_only):
     assert lines[-1].startswith("SELECT '@@birth_sql_t1='")
     assert "birth_stage2.wrapped" not in text
     assert ("SET default_transaction_read_only = on;" in lines) is read_only
+
+
+FENCE = {
+    "token": 1764125000123,
+    "lock_name": "birth_stage2",
+    "run_id": "20251126T024100-o'brien",
+    "table": "birth_stage2_fence",
+    "schema": "public",
+}
+
+
+@pytest.mark.parametrize("transaction", ["commit", "rollback"])
+def test_wrap_script_fence_checks_inside_the_transaction(transaction):
+    text, preamble = wrap(transaction=transaction, fence=FENCE, births=BIRTHS)
+    lines = text.splitlines()
+    head = lines[:preamble]
+    # Session level, before the transaction: the apply procedure reads it at every batch.
+    setting = "SET birth_stage2.fence_token = '1764125000123';"
+    begin = head.index("BEGIN ISOLATION LEVEL REPEATABLE READ;")
+    assert head.index(setting) < begin
+    # Right after BEGIN, before the births are counted and before the script.
+    fence_at = head.index("DO $birth_fence$")
+    assert (
+        begin
+        < fence_at
+        < head.index("CREATE TEMP TABLE birth_stage2_births_before ON COMMIT DROP AS")
+    )
+    block = "\n".join(head[fence_at:])
+    assert "  v_token constant bigint := 1764125000123;" in block
+    assert "  v_lock constant text := 'birth_stage2';" in block
+    assert "  v_run constant text := '20251126T024100-o''brien';" in block
+    # Only when the table exists, named with its schema; never lowers a greater token.
+    assert """IF to_regclass('"public"."birth_stage2_fence"') IS NULL THEN""" in block
+    assert 'INSERT INTO "public"."birth_stage2_fence" AS f' in block
+    assert "   WHERE f.token <= EXCLUDED.token;" in block
+    assert "IF NOT FOUND THEN" in block and "RAISE EXCEPTION" in block
+    assert f"'{FENCE_REFUSED_TEXT}'" in block
+    assert "'nothing of this step was written'" in block
+    assert "HINT = 'see docs/RUNBOOK.md#lease-broken'" in block
+    assert lines[preamble] == "UPDATE t SET a = 1;"
+
+
+def test_wrap_script_fence_before_a_self_committing_script():
+    body = "BEGIN;\nUPDATE t SET a = 1;\nCOMMIT;\n"
+    text, preamble = wrap(body, transaction="none", fence=FENCE)
+    head = text.splitlines()[:preamble]
+    assert "SET birth_stage2.fence_token = '1764125000123';" in head
+    assert "DO $birth_fence$" in head and "BEGIN ISOLATION" not in text
+    assert head[-1] == "$birth_fence$;"  # the last thing before the script
+    assert "'nothing of this script ran'" in text
+
+
+@pytest.mark.parametrize("transaction", ["commit", "none"])
+def test_wrap_script_read_only_sessions_are_not_fenced(transaction):
+    text, _ = wrap(transaction=transaction, read_only=True, fence=FENCE)
+    assert "fence" not in text
+
+
+def test_wrap_script_without_fence_has_none():
+    text, _ = wrap()
+    assert "fence" not in text
+
+
+@pytest.mark.parametrize(
+    ("fence", "named"),
+    [
+        (dict(FENCE, token=None), "fence token"),
+        (dict(FENCE, token="12"), "fence token"),  # noqa: S106 - not a secret
+        (dict(FENCE, token=True), "fence token"),
+        (dict(FENCE, token=0), "fence token"),
+        (dict(FENCE, table=""), "fence table"),
+        (dict(FENCE, run_id=None), "fence run_id"),
+        (dict(FENCE, lock_name="x$birth_fence$y"), "quote tag"),
+        (dict(FENCE, table='fen"ce\x00'), "NUL"),
+        ("birth_stage2_fence", "mapping"),
+    ],
+)
+def test_wrap_script_fence_rejects(fence, named):
+    with pytest.raises(ValueError, match=named):
+        wrap(fence=fence)
 
 
 def test_wrap_script_adds_missing_final_newline():

@@ -21,8 +21,14 @@ from ansible.module_utils.birth_stage2_lock import (
     fence,
     heartbeat,
     iso,
+    issue_token,
+    lease_token,
     new_lease,
+    next_token,
     parse_lease,
+    parse_token,
+    read_token,
+    token_path,
 )
 
 NOW = 1_764_125_000.0  # any fixed instant
@@ -135,7 +141,8 @@ def test_module_acquire_refresh_release(run_module, lock_path):
     on_disk = json.loads(lock_path.read_text())
     assert on_disk["run_id"] == MINE and on_disk["owner"] == "me@laptop"
     assert out["lease"] == on_disk
-    assert not [p for p in lock_path.parent.iterdir() if p.name != ".run.lock"]  # no temp left
+    # No temp left: the lease and its token counter only.
+    assert sorted(p.name for p in lock_path.parent.iterdir()) == [".run.lock", ".run.lock.token"]
 
     out = run_module("birth_run_lock", args)
     assert (out["changed"], out["action"]) == (False, REFRESH)
@@ -291,3 +298,135 @@ def test_module_sql_refreshes_the_lease_it_holds(run_module, fake_docker, lock_p
     )
     assert not out.get("failed"), out
     assert json.loads(lock_path.read_text())["refreshed_at"] > before
+
+
+# ----------------------------------------------------------------------------- fencing token
+
+
+@pytest.mark.parametrize(
+    ("previous", "now", "token"),
+    [
+        (None, NOW, int(NOW * 1000)),  # the first token: the time in ms
+        (5, NOW, int(NOW * 1000)),  # an old counter: the time wins
+        (int(NOW * 1000), NOW, int(NOW * 1000) + 1),  # twice in one millisecond
+        (int(NOW * 1000) + 500, NOW, int(NOW * 1000) + 501),  # the clock went back
+        (True, NOW, int(NOW * 1000)),  # not a token
+    ],
+)
+def test_next_token_is_strictly_greater_and_never_below_the_time(previous, now, token):
+    assert next_token(previous, now) == token
+
+
+@pytest.mark.parametrize(
+    ("text", "token"),
+    [("17\n", 17), (" 9 ", 9), ("", None), ("0", None), ("-3", None), ("x1", None), (None, None)],
+)
+def test_parse_token(text, token):
+    assert parse_token(text) == token
+
+
+def test_lease_token_only_for_integer_tokens():
+    assert lease_token(new_lease(MINE, NOW, token=42)) == 42
+    assert lease_token(new_lease(MINE, NOW)) is None
+    assert lease_token({"run_id": MINE, "token": "42"}) is None
+    assert lease_token({"run_id": MINE, "token": True}) is None
+    assert lease_token(None) is None
+
+
+def test_issue_token_counts_up_in_a_counter_file_next_to_the_lease(tmp_path):
+    path = str(tmp_path / ".run.lock")
+    first = issue_token(path, NOW)
+    assert first == int(NOW * 1000)
+    assert read_token(path) == first
+    assert (tmp_path / ".run.lock.token").read_text() == f"{first}\n"
+    assert token_path(path) == f"{path}.token"
+    # Same instant, then a clock set back an hour: still strictly increasing.
+    assert issue_token(path, NOW) == first + 1
+    assert issue_token(path, NOW - 3600) == first + 2
+    # A lost counter: the lease being broken carries a token, the new one is above it.
+    (tmp_path / ".run.lock.token").unlink()
+    assert issue_token(path, NOW - 3600, floor=first + 10) == first + 11
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".run.lock.token"]  # no temp left
+
+
+def test_heartbeat_keeps_the_token():
+    lease = new_lease(MINE, 1_700_000_000.0, "me@host", token=7)
+    assert heartbeat(lease, 1_700_000_600.0)["token"] == 7
+    assert heartbeat(lease, 1_700_000_600.0, hold="why")["token"] == 7
+
+
+def test_module_tokens_create_refresh_break(run_module, lock_path):
+    lock_path.parent.mkdir()
+    args = {"path": str(lock_path), "run_id": MINE}
+    created = run_module("birth_run_lock", args)["lease"]["token"]
+    assert isinstance(created, int) and json.loads(lock_path.read_text())["token"] == created
+    assert read_token(str(lock_path)) == created
+    # A refresh keeps it.
+    assert run_module("birth_run_lock", args)["lease"]["token"] == created
+    assert json.loads(lock_path.read_text())["token"] == created
+    # Broken by another run: a greater token, and the counter follows.
+    broken = run_module(
+        "birth_run_lock", {"path": str(lock_path), "run_id": OTHER, "break_run_id": MINE}
+    )["lease"]["token"]
+    assert broken > created and read_token(str(lock_path)) == broken
+    # Released and taken again: greater still (the counter outlives the lease).
+    run_module("birth_run_lock", {"path": str(lock_path), "run_id": OTHER, "state": "released"})
+    again = run_module("birth_run_lock", args)["lease"]["token"]
+    assert again > broken
+
+
+def test_module_check_mode_issues_no_token(run_module, lock_path):
+    lock_path.parent.mkdir()
+    out = run_module("birth_run_lock", {"path": str(lock_path), "run_id": MINE}, check_mode=True)
+    assert isinstance(out["lease"]["token"], int)
+    assert read_token(str(lock_path)) is None and not lock_path.exists()
+
+
+def test_module_refresh_gives_an_old_lease_a_token(run_module, lock_path):
+    write(lock_path, MINE, 10)  # written before tokens existed
+    out = run_module("birth_run_lock", {"path": str(lock_path), "run_id": MINE})
+    assert out["action"] == REFRESH and isinstance(out["lease"]["token"], int)
+    assert json.loads(lock_path.read_text())["token"] == out["lease"]["token"]
+
+
+def test_module_sql_hands_its_lease_token_to_the_database_fence(run_module, fake_docker, lock_path):
+    lock_path.parent.mkdir()
+    lock_path.write_text(json.dumps(new_lease(MINE, NOW, "me@host", token=4242)))
+    args = {
+        "container": "pg",
+        "db_name": "d",
+        "db_user": "u",
+        "sql": "UPDATE t SET a = 1;",
+        "lease_path": str(lock_path),
+        "lease_run_id": MINE,
+        "lock_name": "birth_stage2",
+        "fence": {"table": "birth_stage2_fence", "schema": "public"},
+    }
+    fake_docker.answer_json({"changed": True})
+    out = run_module("birth_sql", args)
+    assert not out.get("failed") and out["fenced"] is False, out
+    assert "SET birth_stage2.fence_token = '4242';" in fake_docker.stdin
+    assert "v_run constant text := 'run-mine';" in fake_docker.stdin
+    assert 'INSERT INTO "public"."birth_stage2_fence"' in fake_docker.stdin
+    # Read only: no fence. No token in the lease, or no fence table named: no fence either.
+    for extra in ({"read_only": True}, {"fence": None}):
+        run_module("birth_sql", dict(args, **extra))
+        assert "fence_token" not in fake_docker.stdin
+    lock_path.write_text(json.dumps(new_lease(MINE, NOW, "me@host")))
+    run_module("birth_sql", args)
+    assert "fence_token" not in fake_docker.stdin
+
+    # The database has seen a greater token: the refusal is reported as fenced.
+    lock_path.write_text(json.dumps(new_lease(MINE, NOW, "me@host", token=4242)))
+    fake_docker.fail_on(
+        "$birth_fence$;",
+        "refused by the run fence in the database: this session is run run-mine with fencing "
+        "token 4242 (lock 'birth_stage2'), but the database has already seen run run-other with "
+        "token 5000: this run's lease was broken (another run took it over), so it stops here; "
+        "nothing of this step was written",
+        "HINT:  see docs/RUNBOOK.md#lease-broken\n",
+    )
+    out = run_module("birth_sql", args)
+    assert out["failed"] and out["fenced"] is True, out
+    assert "run run-other with token 5000" in out["msg"]
+    assert "docs/RUNBOOK.md#lease-broken" in out["msg"]
