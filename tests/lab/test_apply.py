@@ -481,19 +481,18 @@ def test_apply_refuses_while_another_run_holds_the_lock(ready):
 # ---- interruption -------------------------------------------------------------------------------
 
 
-def test_interrupted_apply_resumes_to_the_same_end_state(ready, applied):
-    restore_ready()
-    # An uncommitted birth of the last missing dot_domain_rules code makes the apply's batch
-    # that reaches it wait; its session is then killed, as a dead link or an operator would.
+def held_apply(confirm: str, run_id: str, app: str) -> tuple[subprocess.Popen, subprocess.Popen]:
+    """An apply (one birth a batch) whose batch that reaches the last missing dot_domain_rules
+    code waits on an uncommitted birth of it, held by a session named ``app``: the apply is
+    held between two batches. Returns (the held session, the running playbook)."""
     blocker = background_psql(
-        "SET application_name = 'apply-test-blocker';\nBEGIN;\n"
+        f"SET application_name = '{app}';\nBEGIN;\n"
         "INSERT INTO birth_registry (collection_name, entity_code, birth_source) "
         "VALUES ('dot_domain_rules', 'DOTD-00000412', 'backfill');\nSELECT pg_sleep(600);\n"
     )
-    run_id = new_run_id("killed")
     cmd = [
         str(REPO / ".venv" / "bin" / "ansible-playbook"), "stage2.yml", "--tags", "apply",
-        "-e", f"birth_stage2_apply_confirm={ready.run_id}", "-e", f"birth_stage2_run_id={run_id}",
+        "-e", f"birth_stage2_apply_confirm={confirm}", "-e", f"birth_stage2_run_id={run_id}",
         "-e", "birth_stage2_apply_batch_size=1", *EXTRA,
     ]  # fmt: skip
     env = lab_env()
@@ -501,6 +500,15 @@ def test_interrupted_apply_resumes_to_the_same_end_state(ready, applied):
     play = subprocess.Popen(
         cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
+    return blocker, play
+
+
+def test_interrupted_apply_resumes_to_the_same_end_state(ready, applied):
+    restore_ready()
+    # The apply is held at the batch that reaches an uncommitted birth; its session is then
+    # killed, as a dead link or an operator would.
+    run_id = new_run_id("killed")
+    blocker, play = held_apply(ready.run_id, run_id, "apply-test-blocker")
     try:
         wait_for(
             "SELECT 1 FROM birth_backfill_ledger WHERE collection_name = 'dot_domain_rules' "
@@ -543,24 +551,9 @@ def test_a_fence_bumped_mid_apply_stops_it_at_its_next_batch(ready):
     fence table): the apply stops at its next batch, the batches before it stay committed,
     nothing is marked failed, and a fresh run (a new lease, a greater token) resumes."""
     restore_ready()
-    # The batch that reaches the last missing dot_domain_rules code waits on this uncommitted
-    # birth: the apply is held between two batches while the fence moves.
-    blocker = background_psql(
-        "SET application_name = 'apply-test-fence-blocker';\nBEGIN;\n"
-        "INSERT INTO birth_registry (collection_name, entity_code, birth_source) "
-        "VALUES ('dot_domain_rules', 'DOTD-00000412', 'backfill');\nSELECT pg_sleep(600);\n"
-    )
+    # The apply is held between two batches while the fence moves.
     run_id = new_run_id("fenced")
-    cmd = [
-        str(REPO / ".venv" / "bin" / "ansible-playbook"), "stage2.yml", "--tags", "apply",
-        "-e", f"birth_stage2_apply_confirm={ready.run_id}", "-e", f"birth_stage2_run_id={run_id}",
-        "-e", "birth_stage2_apply_batch_size=1", *EXTRA,
-    ]  # fmt: skip
-    env = lab_env()
-    env["PATH"] = f"{REPO / '.venv' / 'bin'}:{env.get('PATH', '')}"
-    play = subprocess.Popen(
-        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    blocker, play = held_apply(ready.run_id, run_id, "apply-test-fence-blocker")
     breaker = None
     try:
         wait_for(
