@@ -192,9 +192,14 @@ def deltas(before, after):
     """Per-collection births added (or lost) between two snapshots, zeros left out."""
     b_per = as_snapshot("before", before)["per_collection"]
     a_per = as_snapshot("after", after)["per_collection"]
+    return _difference(a_per, b_per)
+
+
+def _difference(minuend, subtrahend):
+    """Per collection ``minuend - subtrahend``, sorted, zeros left out."""
     out = {}
-    for collection in sorted(set(b_per) | set(a_per)):
-        delta = a_per.get(collection, 0) - b_per.get(collection, 0)
+    for collection in sorted(set(minuend) | set(subtrahend)):
+        delta = minuend.get(collection, 0) - subtrahend.get(collection, 0)
         if delta:
             out[collection] = delta
     return out
@@ -214,14 +219,7 @@ def as_attributed(attributed):
 
 def births_by_others(global_deltas, attributed):
     """What moved in the registry during the run but not in Stage 2's transactions."""
-    moved = _deltas("global", global_deltas)
-    ours = _deltas("attributed", attributed)
-    out = {}
-    for collection in sorted(set(moved) | set(ours)):
-        delta = moved.get(collection, 0) - ours.get(collection, 0)
-        if delta:
-            out[collection] = delta
-    return out
+    return _difference(_deltas("global", global_deltas), _deltas("attributed", attributed))
 
 
 def format_violations(label, violations, hint=FIX_HINT):

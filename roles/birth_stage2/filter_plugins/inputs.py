@@ -18,21 +18,19 @@ import re
 
 MAX_IDENT_BYTES = 63
 
+
+def _word(chars, longest, shown):
+    """A kind made of a letter or digit and then up to ``longest - 1`` of ``chars``."""
+    pattern = re.compile(rf"[A-Za-z0-9][A-Za-z0-9{chars}]{{0,{longest - 1}}}")
+    return pattern, f"{shown} (starting with a letter or digit)"
+
+
 # kind -> (pattern, what a valid value looks like)
 KINDS = {
     "identifier": (None, "a name of 1 to 63 bytes without control characters"),
-    "code": (
-        re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+-]{0,62}"),
-        "1 to 63 of A-Z a-z 0-9 . _ : + - (starting with a letter or digit)",
-    ),
-    "container": (
-        re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}"),
-        "a container name: A-Z a-z 0-9 _ . - (starting with a letter or digit)",
-    ),
-    "run_id": (
-        re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"),
-        "1 to 64 of A-Z a-z 0-9 . _ - (starting with a letter or digit)",
-    ),
+    "code": _word("._:+-", 63, "1 to 63 of A-Z a-z 0-9 . _ : + -"),
+    "container": _word("_.-", 128, "a container name: A-Z a-z 0-9 _ . -"),
+    "run_id": _word("._-", 64, "1 to 64 of A-Z a-z 0-9 . _ -"),
     "date": (re.compile(r"\d{4}-\d{2}-\d{2}"), "a date YYYY-MM-DD"),
     "path": (
         # Unambiguous (segments each end in '/'), so a failing match cannot backtrack
@@ -44,10 +42,7 @@ KINDS = {
         re.compile(r"\d+(\.\d+)?\s*(us|ms|s|min|h|d)?"),
         "a duration such as 30min, 10s, 250ms or 0",
     ),
-    "principal": (
-        re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}"),
-        "1 to 64 of A-Z a-z 0-9 . _ @ + - (starting with a letter or digit)",
-    ),
+    "principal": _word("._@+-", 64, "1 to 64 of A-Z a-z 0-9 . _ @ + -"),
 }
 
 
