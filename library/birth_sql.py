@@ -77,6 +77,14 @@ options:
         sha256 of the name). All Stage 2 scripts share one name so they never overlap.
     type: str
     default: birth_stage2
+  advisory_lock:
+    description:
+      - Take the advisory lock O(lock_name) before the script. V(false) only for the short
+        sessions that must reach the database while a run holds it - the apply's controller
+        (playbooks/apply_control.yml) and its status (playbooks/apply_status.yml) - which
+        take no lease either.
+    type: bool
+    default: true
   lock_wait_seconds:
     description:
       - How long to keep trying the advisory lock (every 0.2 s) before failing with a
@@ -376,6 +384,7 @@ def argument_spec():
         transaction={"type": "str", "choices": list(TRANSACTIONS), "default": "commit"},
         read_only={"type": "bool", "default": False},
         lock_name={"type": "str", "default": "birth_stage2"},
+        advisory_lock={"type": "bool", "default": True},
         lock_wait_seconds={"type": "int", "default": 5},
         application_name={"type": "str", "default": "birth_stage2"},
         expect_json={"type": "bool", "default": True},
@@ -556,7 +565,7 @@ def main():
     try:
         stdin_text, preamble = wrap_script(
             body,
-            lock_name=p["lock_name"],
+            lock_name=p["lock_name"] if p["advisory_lock"] else None,
             lock_wait_seconds=p["lock_wait_seconds"],
             statement_timeout=p["statement_timeout"],
             lock_timeout=p["lock_timeout"],

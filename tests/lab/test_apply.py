@@ -694,3 +694,113 @@ def test_apply_runs_none_of_the_functions_planted_in_public(ready):
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0 and "HIJACKED" not in out, out[-4000:]
     assert state()["births"] == before["births"] + sum(REPORT_DELTAS.values())
+
+
+# ---- steering a running apply (playbooks/apply_control.yml, playbooks/apply_status.yml) --------
+
+
+def control(action: str, reason: str = "", check: bool = True) -> subprocess.CompletedProcess:
+    return playbook(
+        "playbooks/apply_control.yml", "-e", f"birth_stage2_apply_control={action}",
+        "-e", f"birth_stage2_apply_control_reason={reason}", check=check,
+    )  # fmt: skip
+
+
+def apply_status() -> str:
+    return squash(playbook("playbooks/apply_status.yml").stdout)
+
+
+def hold_then(
+    confirm: str, run_id: str, app: str, action: str, reason: str
+) -> tuple[subprocess.Popen, str]:
+    """An apply held at a batch; ``action`` is set meanwhile, then the held batch goes on.
+    Returns the running playbook and what the controller printed."""
+    blocker, play = held_apply(confirm, run_id, app)
+    try:
+        wait_for(
+            "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' "  # noqa: S608
+            f"AND application_name = 'birth_stage2:{run_id}'"
+        )
+        said = squash(control(action, reason).stdout)
+    finally:
+        terminate(app)  # the held batch commits; the control is read before the next one
+        blocker.kill()
+        blocker.wait()
+    return play, said
+
+
+def test_pause_holds_the_apply_until_resume_and_it_ends_with_exactly_the_plan(ready, applied):
+    restore_ready()
+    run_id = new_run_id("paused")
+    play, said = hold_then(ready.run_id, run_id, "apply-test-pause-blocker", "pause", "replica lag")
+    try:
+        assert "Apply control on lab-vps: pause (run -> pause), set by" in said, said
+        assert (
+            "takes it before its next batch, and holds there keeping its lease and permit" in said
+        )
+        wait_for(
+            "SELECT 1 FROM pg_stat_activity WHERE wait_event = 'PgSleep' "  # noqa: S608
+            f"AND application_name = 'birth_stage2:{run_id}'"
+        )
+        held = state()
+        time.sleep(3)
+        assert state() == held  # paused: not one batch more
+        assert play.poll() is None
+        shown = apply_status()
+        assert "QT-001 control: pause (set by" in shown and ": replica lag)" in shown, shown
+        assert (
+            f"(birth_stage2:{run_id}), since" in shown
+            and "paused, holding between batches" in shown
+        )
+        assert "dot_domain_rules" in shown and "(applying" in shown
+        again = control("pause", "replica lag")
+        assert recap_changed(again) == 0  # idempotent
+        assert "control on lab-vps: resume (pause -> run)" in squash(control("resume").stdout)
+        out, _ = play.communicate(timeout=300)
+    finally:
+        if play.poll() is None:
+            play.kill()
+    assert play.returncode == 0, out[-3000:]
+    assert state() == applied["after"]
+    assert "total: 137/137 births applied" in apply_status()
+
+
+def test_abort_stops_cleanly_and_a_rerun_resumes_to_the_same_end_state(ready, applied):
+    restore_ready()
+    run_id = new_run_id("aborted")
+    play, said = hold_then(
+        ready.run_id, run_id, "apply-test-abort-blocker", "abort", "wrong window"
+    )
+    try:
+        assert "and stops there cleanly (resumable)" in said, said
+        out, _ = play.communicate(timeout=300)
+    finally:
+        if play.poll() is None:
+            play.kill()
+    assert play.returncode != 0, out[-3000:]
+    text = squash(out).replace("''", "'")
+    assert "apply aborted by" in text and "(wrong window)" in text, out[-4000:]
+    assert "nothing half-applied; the ledger row stays applying" in text
+    mid = state()
+    ledger = {row[0]: row for row in mid["ledger"]}
+    assert ledger["dot_domain_rules"][1] == "applying"
+    assert "failed" not in {row[1] for row in mid["ledger"]}
+    assert mid["births"] == BIRTHS_BEFORE + sum(int(row[3]) for row in mid["ledger"])
+    resumed_id = new_run_id("resume-after-abort")
+    apply(ready.run_id, "-e", f"birth_stage2_run_id={resumed_id}")
+    assert summary(resumed_id)["apply"]["mode"] == "resume"
+    assert state() == applied["after"]
+
+
+def test_control_refuses_bad_input_and_writes_nothing_in_check_mode(ready):
+    restore_ready()
+    bad = control("stop", "x;DROP", check=False)
+    assert bad.returncode != 0
+    text = squash(bad.stdout)
+    assert 'birth_stage2_apply_control must be pause, resume or abort (got "stop")' in text
+    assert "birth_stage2_apply_control_reason must be up to 200 of" in text
+    # Before any apply deployed its sources there is nothing to steer.
+    none = control("pause", check=False)
+    assert none.returncode != 0
+    assert "no apply has been deployed, so there is nothing to pause" in squash(none.stdout)
+    assert "no apply has been deployed on this database" in apply_status()

@@ -1,0 +1,75 @@
+"""The apply's status lines (filter_plugins/apply_status.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SPEC = importlib.util.spec_from_file_location(
+    "apply_status",
+    Path(__file__).parents[2] / "roles" / "birth_stage2" / "filter_plugins" / "apply_status.py",
+)
+status = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(status)
+
+ROW = {
+    "collection": "dot_domain_rules", "total": 67, "done": 40, "status": "applying",
+    "batches": 12, "percent": 59.7, "per_second": 20.0, "last_batch_rows": 7,
+}  # fmt: skip
+
+
+def test_a_running_row_shows_rate_and_eta():
+    line = status.row_line(ROW)
+    assert line == (
+        "dot_domain_rules 40/67 (applying, 59.7%), 12 batch(es), 20 births/s, ETA 0:00:01, "
+        "last batch read 7 rows"
+    )
+
+
+def test_a_done_row_has_no_eta_and_a_fresh_row_no_rate():
+    assert "ETA" not in status.row_line(dict(ROW, done=67, status="done"))
+    fresh = dict(ROW, done=0, status="planned", batches=0, per_second=None, last_batch_rows=None)
+    assert status.row_line(fresh) == "dot_domain_rules 0/67 (planned, 59.7%), 0 batch(es)"
+
+
+def test_eta_in_hours():
+    assert "ETA 2:46:40" in status.row_line(dict(ROW, total=10040, done=40, per_second=1.0))
+
+
+def test_paused_session_control_and_totals():
+    lines = status.status_lines(
+        {
+            "deployed": True,
+            "control": {"state": "pause", "set_by": "alice", "set_at": "t", "reason": "lag"},
+            "running": [
+                {"pid": 7, "session": "birth_stage2:r1", "since": "s", "waiting": "PgSleep"}
+            ],
+            "rows": [ROW, dict(ROW, collection="b", total=3, done=3, status="done")],
+        },
+        "QT-001",
+    )
+    assert lines[0] == "QT-001 control: pause (set by alice at t: lag)"
+    assert (
+        lines[1]
+        == "apply session pid 7 (birth_stage2:r1), since s: paused, holding between batches"
+    )
+    assert lines[-1] == "total: 43/70 births applied"
+
+
+def test_nothing_deployed_and_never_steered():
+    assert status.status_lines({"deployed": False}, "QT-001") == [
+        "QT-001: no apply has been deployed on this database (nothing to show)"
+    ]
+    lines = status.status_lines({"deployed": True, "control": None, "running": [], "rows": []}, "Q")
+    assert lines == [
+        "Q control: run (never steered)",
+        "no apply session is running",
+        "total: 0/0 births applied",
+    ]
+
+
+def test_not_a_mapping():
+    with pytest.raises(ValueError, match="must be a mapping"):
+        status.status_lines(None, "Q")
