@@ -28,7 +28,7 @@ import jsonschema
 import pytest
 
 from tests.conftest import LAB_DB, REPO, lab_env, lab_playbook, psql_prefix, run_psql
-from tests.lab.labrun import Writer
+from tests.lab.labrun import LOCK_PATH, Writer
 from tests.test_runbook import squash
 
 READY_DB = f"{LAB_DB}_apply_ready"
@@ -700,10 +700,18 @@ def test_apply_runs_none_of_the_functions_planted_in_public(ready):
 
 
 def control(action: str, reason: str = "", check: bool = True) -> subprocess.CompletedProcess:
-    return playbook(
-        "playbooks/apply_control.yml", "-e", f"birth_stage2_apply_control={action}",
-        "-e", f"birth_stage2_apply_control_reason={reason}", check=check,
-    )  # fmt: skip
+    extra = {"birth_stage2_apply_control": action, "birth_stage2_apply_control_reason": reason}
+    return playbook("playbooks/apply_control.yml", "-e", json.dumps(extra), check=check)
+
+
+def stop(play: subprocess.Popen, run_id: str) -> None:
+    """A test that failed half-way leaves no paused apply behind: its session is ended, the
+    playbook killed and its lease removed."""
+    if play.poll() is None:
+        terminate(f"birth_stage2:{run_id}")
+        play.kill()
+        play.wait()
+        LOCK_PATH.unlink(missing_ok=True)
 
 
 def apply_status() -> str:
@@ -752,14 +760,18 @@ def test_pause_holds_the_apply_until_resume_and_it_ends_with_exactly_the_plan(re
             f"(birth_stage2:{run_id}), since" in shown
             and "paused, holding between batches" in shown
         )
-        assert "dot_domain_rules" in shown and "(applying" in shown
+        # Held after dot_domain_rules' last code: paused before the next collection's first batch.
+        assert f"dot_domain_rules {REPORT_DELTAS['dot_domain_rules']}/" in shown
+        assert (
+            f"field_type_equivalences 0/{REPORT_DELTAS['field_type_equivalences']} (planned"
+            in shown
+        )
         again = control("pause", "replica lag")
         assert recap_changed(again) == 0  # idempotent
         assert "control on lab-vps: resume (pause -> run)" in squash(control("resume").stdout)
         out, _ = play.communicate(timeout=300)
     finally:
-        if play.poll() is None:
-            play.kill()
+        stop(play, run_id)
     assert play.returncode == 0, out[-3000:]
     assert state() == applied["after"]
     assert "total: 137/137 births applied" in apply_status()
@@ -775,15 +787,16 @@ def test_abort_stops_cleanly_and_a_rerun_resumes_to_the_same_end_state(ready, ap
         assert "and stops there cleanly (resumable)" in said, said
         out, _ = play.communicate(timeout=300)
     finally:
-        if play.poll() is None:
-            play.kill()
+        stop(play, run_id)
     assert play.returncode != 0, out[-3000:]
     text = squash(out).replace("''", "'")
     assert "apply aborted by" in text and "(wrong window)" in text, out[-4000:]
-    assert "nothing half-applied; the ledger row stays applying" in text
+    # Held at dot_domain_rules' last code: aborted before the next collection's first batch.
+    assert "nothing half-applied; the ledger row stays planned" in text
     mid = state()
     ledger = {row[0]: row for row in mid["ledger"]}
-    assert ledger["dot_domain_rules"][1] == "applying"
+    assert ledger["dot_domain_rules"][1] == "done"
+    assert {ledger[c][1] for c in ("field_type_equivalences", "normative_relations")} == {"planned"}
     assert "failed" not in {row[1] for row in mid["ledger"]}
     assert mid["births"] == BIRTHS_BEFORE + sum(int(row[3]) for row in mid["ledger"])
     resumed_id = new_run_id("resume-after-abort")
@@ -794,7 +807,7 @@ def test_abort_stops_cleanly_and_a_rerun_resumes_to_the_same_end_state(ready, ap
 
 def test_control_refuses_bad_input_and_writes_nothing_in_check_mode(ready):
     restore_ready()
-    bad = control("stop", "x;DROP", check=False)
+    bad = control("stop", "it's; DROP", check=False)
     assert bad.returncode != 0
     text = squash(bad.stdout)
     assert 'birth_stage2_apply_control must be pause, resume or abort (got "stop")' in text
