@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import shlex
+import signal
 import subprocess
 import time
 from dataclasses import dataclass
@@ -64,6 +65,11 @@ SAFETY_VIEWS = (
 # The advisory lock every Stage 2 psql session takes (module_utils/birth_stage2_psql.py).
 LOCK_KEY = int.from_bytes(hashlib.sha256(b"birth_stage2").digest()[:8], "big", signed=True)
 NOTHING_WRITTEN = "nothing was written"
+# Batches of one row each, that wait on a held lock as long as the test holds it.
+ONE_ROW_BATCHES = [
+    "-e", "birth_stage2_apply_batch_target_ms=0", "-e", "birth_stage2_apply_batch_min=1",
+    "-e", "birth_stage2_apply_batch_lock_timeout=10min",
+]  # fmt: skip
 SCHEMA = json.loads((REPO / "docs" / "schema" / "summary.schema.json").read_text())
 
 
@@ -481,24 +487,46 @@ def test_apply_refuses_while_another_run_holds_the_lock(ready):
 # ---- interruption -------------------------------------------------------------------------------
 
 
-def held_apply(confirm: str, run_id: str, app: str) -> tuple[subprocess.Popen, subprocess.Popen]:
-    """An apply (one birth a batch) whose batch that reaches the last missing dot_domain_rules
-    code waits on an uncommitted birth of it, held by a session named ``app``: the apply is
-    held between two batches. Returns (the held session, the running playbook)."""
-    blocker = background_psql(
-        f"SET application_name = '{app}';\nBEGIN;\n"
-        "INSERT INTO birth_registry (collection_name, entity_code, birth_source) "
-        "VALUES ('dot_domain_rules', 'DOTD-00000412', 'backfill');\nSELECT pg_sleep(600);\n"
-    )
+def background_apply(confirm: str, run_id: str, *args: str) -> subprocess.Popen:
+    """``stage2.yml --tags apply`` running in its own process group (as from a terminal)."""
     cmd = [
         str(REPO / ".venv" / "bin" / "ansible-playbook"), "stage2.yml", "--tags", "apply",
         "-e", f"birth_stage2_apply_confirm={confirm}", "-e", f"birth_stage2_run_id={run_id}",
-        "-e", "birth_stage2_apply_batch_size=1", *EXTRA,
+        *args, *EXTRA,
     ]  # fmt: skip
     env = lab_env()
     env["PATH"] = f"{REPO / '.venv' / 'bin'}:{env.get('PATH', '')}"
-    play = subprocess.Popen(
-        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    return subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+
+
+def hold_birth(app: str, code: str, collection: str = "dot_domain_rules") -> subprocess.Popen:
+    """A session named ``app`` holding an uncommitted birth of ``code``: a batch that reaches
+    it waits for its lock."""
+    return background_psql(
+        f"SET application_name = '{app}';\nBEGIN;\n"
+        "INSERT INTO birth_registry (collection_name, entity_code, birth_source) "
+        f"VALUES ('{collection}', '{code}', 'backfill');\nSELECT pg_sleep(600);\n"
+    )
+
+
+def held_apply(
+    confirm: str,
+    run_id: str,
+    app: str,
+    *args: str,
+    code: str = "DOTD-00000412",
+    collection: str = "dot_domain_rules",
+) -> tuple[subprocess.Popen, subprocess.Popen]:
+    """An apply (one birth a batch) whose batch that reaches ``code`` (by default the last
+    missing dot_domain_rules code) waits on an uncommitted birth of it, held by a session
+    named ``app``: the apply is held between two batches. Returns (the held session, the
+    running playbook)."""
+    blocker = hold_birth(app, code, collection)
+    play = background_apply(
+        confirm, run_id, "-e", "birth_stage2_apply_batch_size=1", *ONE_ROW_BATCHES, *args
     )
     return blocker, play
 
@@ -817,3 +845,229 @@ def test_control_refuses_bad_input_and_writes_nothing_in_check_mode(ready):
     assert none.returncode != 0
     assert "no apply has been deployed, so there is nothing to pause" in squash(none.stdout)
     assert "no apply has been deployed on this database" in apply_status()
+
+
+# ---- the apply steers itself: throttle, critical abort, lock timeouts, an interrupted controller
+
+
+def first_planned_code(collection: str) -> str:
+    return sql(
+        "SELECT min(entity_code) FROM birth_stage2_plan_codes "  # noqa: S608
+        f"WHERE collection_name = '{collection}'"
+    )[0][0]
+
+
+def throttle() -> list[tuple[str, ...]]:
+    return wait_for(
+        "SELECT throttle FROM birth_stage2_apply_control WHERE throttle IS NOT NULL", timeout=240
+    )
+
+
+def finished(play: subprocess.Popen, timeout: float = 300) -> str:
+    out, _ = play.communicate(timeout=timeout)
+    return out
+
+
+def test_a_lock_held_on_the_collection_throttles_the_apply_until_it_is_released(ready, applied):
+    """The apply is held at the first planned apr_approvals code while another session asks
+    for the table exclusively (it queues behind the held batch, then holds the table): the
+    apply throttles, saying why, writes nothing more, and finishes once the lock is gone."""
+    restore_ready()
+    run_id = new_run_id("locked")
+    code = first_planned_code("apr_approvals")
+    blocker, play = held_apply(
+        ready.run_id, run_id, "apply-test-lock-blocker", code=code, collection="apr_approvals"
+    )
+    locker = None
+    try:
+        wait_for(
+            "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' "  # noqa: S608
+            f"AND application_name = 'birth_stage2:{run_id}'",
+            timeout=240,
+        )
+        locker = background_psql(
+            "SET application_name = 'apply-test-locker';\nBEGIN;\n"
+            "LOCK TABLE apr_approvals IN ACCESS EXCLUSIVE MODE;\nSELECT pg_sleep(600);\n"
+        )
+        wait_for(
+            "SELECT 1 FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+            "WHERE a.application_name = 'apply-test-locker' AND NOT l.granted"
+        )
+        terminate("apply-test-lock-blocker")
+        ((why,),) = throttle()
+        assert "waiting on or holding exclusively a lock on apr_approvals" in why, why
+        assert "holds AccessExclusiveLock" in why and "birth_stage2_apply_max_lock_waiters" in why
+        shown = apply_status()
+        assert "throttled since" in shown and "throttled, holding between batches" in shown, shown
+        held = state()
+        time.sleep(3)
+        assert state() == held  # throttled: not one batch more
+        assert play.poll() is None
+    finally:
+        terminate("apply-test-lock-blocker")
+        terminate("apply-test-locker")
+        for proc in (blocker, locker):
+            if proc is not None:
+                proc.kill()
+                proc.wait()
+    try:
+        out = finished(play)
+    finally:
+        stop(play, run_id)
+    assert play.returncode == 0, out[-3000:]
+    text = squash(out)
+    assert "throttled: 1 session(s) waiting on or holding exclusively a lock on apr_approvals" in (
+        text
+    )
+    assert state() == applied["after"]
+    ((reason, waited),) = sql(
+        "SELECT throttle_reason, throttled_ms > 0 FROM birth_stage2_apply_batches "
+        "WHERE throttle_reason IS NOT NULL"
+    )
+    assert "lock on apr_approvals" in reason and waited == "t"
+    assert sql("SELECT throttle IS NULL FROM birth_stage2_apply_control") == [("t",)]
+
+
+ADVISORY_SWITCH = 424242
+SWITCH_QUERY = (
+    "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_locks l WHERE l.locktype = 'advisory' "  # noqa: S608
+    f"AND l.objid = {ADVISORY_SWITCH} AND l.granted)"
+)
+
+
+def test_the_throttle_query_holds_the_apply_and_ctrl_c_leaves_it_running_to_its_end(ready, applied):
+    """The operator's throttle query holds the apply; the controller is interrupted (Ctrl-C to
+    its process group) meanwhile. The apply goes on by itself on the VPS, as the runbook says:
+    once the query lets it go it ends, exactly the plan; a rerun naming the interrupted run's
+    lease finds every row done and passes its checks."""
+    restore_ready()
+    run_id = new_run_id("ctrl-c")
+    switch = background_psql(
+        f"SET application_name = 'apply-test-switch';\nSELECT pg_advisory_lock({ADVISORY_SWITCH});"
+        "\nSELECT pg_sleep(600);\n"
+    )
+    play = background_apply(
+        ready.run_id, run_id, "-e", json.dumps({"birth_stage2_apply_throttle_query": SWITCH_QUERY}),
+        "-e", "birth_stage2_apply_progress_every=1",
+    )  # fmt: skip
+    try:
+        ((why,),) = throttle()
+        assert why == "the throttle query returned true (birth_stage2_apply_throttle_query)"
+        held = state()
+        assert {row[1] for row in held["ledger"]} == {"planned"}
+        time.sleep(3)  # a progress round or two prints the throttle
+        os.killpg(play.pid, signal.SIGINT)
+        out = finished(play, timeout=120)
+        assert play.returncode != 0
+        text = squash(out)
+        assert "runs in the background on the VPS" in text, text[-3000:]
+        assert "throttled: the throttle query returned true" in text
+        time.sleep(3)
+        assert state() == held  # still held, not half-applied ...
+        wait_for(  # ... and still running on the VPS
+            "SELECT 1 FROM pg_stat_activity WHERE wait_event = 'PgSleep' "  # noqa: S608
+            f"AND application_name = 'birth_stage2:{run_id}'"
+        )
+        terminate("apply-test-switch")  # the query lets it go
+        wait_for(
+            "SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM birth_backfill_ledger "  # noqa: S608
+            f"WHERE plan_code = '{PLAN}' AND status <> 'done')"
+        )
+        wait_for(
+            "SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM pg_stat_activity "  # noqa: S608
+            f"WHERE application_name = 'birth_stage2:{run_id}')"
+        )
+    finally:
+        terminate("apply-test-switch")
+        switch.kill()
+        switch.wait()
+        stop(play, run_id)
+    assert state() == applied["after"]
+    after_id = new_run_id("after-ctrl-c")
+    apply(ready.run_id, "-e", f"birth_stage2_run_id={after_id}", "-e",
+          f"birth_stage2_break_lock={run_id}")  # fmt: skip
+    assert summary(after_id)["apply"]["mode"] == "nothing"
+    assert state() == applied["after"]
+
+
+def test_a_critical_threshold_stops_the_apply_cleanly_and_a_rerun_applies(ready, applied):
+    """A transaction open longer than the critical bound: the apply stops before its first
+    batch, nothing applied, the permit still open; once it is gone a rerun applies the plan."""
+    restore_ready()
+    before = state()
+    old = background_psql(
+        "SET application_name = 'apply-test-old-xact';\nBEGIN;\nSELECT pg_sleep(600);\n"
+    )
+    try:
+        wait_for("SELECT 1 FROM pg_stat_activity WHERE application_name = 'apply-test-old-xact'")
+        stopped = apply(ready.run_id, "-e", "birth_stage2_apply_critical_xact_age=1s", check=False)
+    finally:
+        terminate("apply-test-old-xact")
+        old.kill()
+        old.wait()
+    text = refused(stopped, "apply aborted by a critical threshold (the oldest open transaction")
+    assert "birth_stage2_apply_critical_xact_age" in text
+    assert "nothing half-applied; the ledger row stays planned" in text
+    assert state() == before  # nothing applied, the permit still open
+    ((said,),) = sql("SELECT throttle FROM birth_stage2_apply_control")
+    assert said.startswith("critical: the oldest open transaction is")
+    apply(ready.run_id)
+    assert state() == applied["after"]
+
+
+def test_a_batch_that_times_out_is_retried_smaller_then_the_row_is_marked_failed(ready, applied):
+    """A batch waiting on a lock past birth_stage2_apply_batch_lock_timeout is rolled back and
+    retried on fewer pages after a backoff: it goes on once the lock is gone. Held through
+    every retry, the row is marked failed with the reason; the batches before stay."""
+    restore_ready()
+    code = first_planned_code("apr_approvals")
+    steer = [
+        "-e", "birth_stage2_apply_batch_size=8", "-e", "birth_stage2_apply_batch_target_ms=0",
+        "-e", "birth_stage2_apply_batch_min=1", "-e", "birth_stage2_apply_batch_lock_timeout=1s",
+        "-e", "birth_stage2_apply_batch_backoff_ms=300",
+    ]  # fmt: skip
+    run_id = new_run_id("retried")
+    blocker = hold_birth("apply-test-retry-blocker", code, "apr_approvals")
+    play = background_apply(
+        ready.run_id, run_id, *steer, "-e", "birth_stage2_apply_batch_retries=5"
+    )
+    try:
+        wait_for(  # a try timed out: the backoff's sleep
+            "SELECT 1 FROM pg_stat_activity WHERE wait_event = 'PgSleep' "  # noqa: S608
+            f"AND application_name = 'birth_stage2:{run_id}'",
+            timeout=240,
+        )
+        terminate("apply-test-retry-blocker")
+        out = finished(play)
+    finally:
+        terminate("apply-test-retry-blocker")
+        blocker.kill()
+        blocker.wait()
+        stop(play, run_id)
+    assert play.returncode == 0, out[-3000:]
+    assert state() == applied["after"]
+    retried = sql(
+        "SELECT attempts, target_rows FROM birth_stage2_apply_batches "
+        "WHERE collection_name = 'apr_approvals' AND attempts > 1"
+    )
+    assert retried and all(int(t) < 8 for _, t in retried), retried
+
+    # Held through every try: failed, with the reason, and nothing of the batch committed.
+    restore_ready()
+    blocker = hold_birth("apply-test-retry-blocker", code, "apr_approvals")
+    try:
+        failed = apply(
+            ready.run_id, *steer, "-e", "birth_stage2_apply_batch_retries=1", check=False
+        )
+    finally:
+        terminate("apply-test-retry-blocker")
+        blocker.kill()
+        blocker.wait()
+    text = refused(failed, "timed out 2 time(s) waiting for a lock", "is marked failed")
+    assert "canceling statement due to lock timeout" in text
+    mid = state()
+    ledger = {row[0]: row for row in mid["ledger"]}
+    assert ledger["apr_approvals"][1] == "failed"
+    assert mid["births"] == BIRTHS_BEFORE + sum(int(row[3]) for row in mid["ledger"])
+    ((outcome,),) = sql("SELECT outcome FROM birth_stage2_apply_batches WHERE outcome <> 'ok'")
+    assert outcome == "timed out: canceling statement due to lock timeout"

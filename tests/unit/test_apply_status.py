@@ -51,8 +51,9 @@ def test_paused_session_control_and_totals():
         "QT-001",
     )
     assert lines[0] == "QT-001 control: pause (set by alice at t: lag)"
+    assert lines[1] == "not throttled"
     assert (
-        lines[1]
+        lines[2]
         == "apply session pid 7 (birth_stage2:r1), since s: paused, holding between batches"
     )
     assert lines[-1] == "total: 43/70 births applied"
@@ -73,3 +74,49 @@ def test_nothing_deployed_and_never_steered():
 def test_not_a_mapping():
     with pytest.raises(ValueError, match="must be a mapping"):
         status.status_lines(None, "Q")
+
+
+def test_throttled_session_its_reason_batch_size_and_retries():
+    lines = status.status_lines(
+        {
+            "deployed": True,
+            "control": {
+                "state": "run", "set_by": "r1", "set_at": "t", "reason": "apply started",
+                "throttle": "1 session(s) waiting", "throttle_since": "t2", "batch_rows": 800,
+            },
+            "running": [
+                {"pid": 7, "session": "birth_stage2:r1", "since": "s", "waiting": "PgSleep"}
+            ],
+            "rows": [dict(ROW, last_batch_ms=412.5, throttled_s=3.2, retried=1)],
+        },
+        "QT-001",
+    )  # fmt: skip
+    assert lines[1:4] == [
+        "throttled since t2: 1 session(s) waiting",
+        "next batch aims at 800 rows",
+        "apply session pid 7 (birth_stage2:r1), since s: throttled, holding between batches",
+    ]
+    assert lines[4].endswith(
+        "last batch read 7 rows in 412.5 ms, throttled 3.2 s, 1 batch(es) retried after a lock"
+        " timeout"
+    )
+
+
+def test_progress_prints_what_moved_and_the_throttle_when_it_changes():
+    planned = dict(ROW, collection="b", total=3, done=0, status="planned", batches=0)
+    state = {"deployed": True, "control": {"state": "run", "set_by": "r1"}, "rows": [ROW, planned]}
+    lines, seen = status.progress_lines(state, {})
+    assert lines == [status.row_line(ROW)]  # a planned collection not started says nothing
+    assert status.progress_lines(state, seen) == ([], seen)  # nothing moved
+    moved = dict(ROW, done=41)
+    throttled = {
+        **state,
+        "control": {"state": "run", "set_by": "r1", "throttle": "lag"},
+        "rows": [moved, planned],
+    }
+    lines, seen = status.progress_lines(throttled, seen)
+    assert lines == ["throttled: lag", status.row_line(moved)]
+    free = {**throttled, "control": {"state": "pause", "set_by": "bob"}}
+    lines, _ = status.progress_lines(free, seen)
+    assert lines == ["no longer throttled", "control: pause (set by bob)"]
+    assert status.progress_lines(None, seen) == ([], seen)

@@ -15,7 +15,7 @@ def _eta(seconds):
 
 
 def row_line(row):
-    """One collection: done/total, percent, batches, rate, ETA, the last batch's rows."""
+    """One collection: done/total, percent, batches, rate, ETA, last batch, throttle, retries."""
     total, done = int(row["total"]), int(row["done"])
     line = f"{row['collection']} {done}/{total} ({row['status']}"
     if row.get("percent") is not None:
@@ -28,6 +28,12 @@ def row_line(row):
             line += f", ETA {_eta((total - done) / float(rate))}"
     if row.get("last_batch_rows") is not None:
         line += f", last batch read {int(row['last_batch_rows'])} rows"
+        if row.get("last_batch_ms") is not None:
+            line += f" in {float(row['last_batch_ms']):g} ms"
+    if row.get("throttled_s"):
+        line += f", throttled {float(row['throttled_s']):g} s"
+    if row.get("retried"):
+        line += f", {int(row['retried'])} batch(es) retried after a lock timeout"
     return line
 
 
@@ -45,10 +51,22 @@ def status_lines(result, plan_code):
         lines = [f"{plan_code} control: {state} ({who})"]
     else:
         lines = [f"{plan_code} control: run (never steered)"]
+    if control.get("throttle"):
+        lines.append(f"throttled since {control.get('throttle_since')}: {control['throttle']}")
+    elif control:
+        lines.append("not throttled")
+    if control.get("batch_rows") is not None:
+        lines.append(f"next batch aims at {int(control['batch_rows'])} rows")
     running = result.get("running") or []
     if running:
         for r in running:
-            held = "paused, holding between batches" if r.get("waiting") == "PgSleep" else "running"
+            held = "running"
+            if r.get("waiting") == "PgSleep" and state == "pause":
+                held = "paused, holding between batches"
+            elif r.get("waiting") == "PgSleep" and control.get("throttle"):
+                held = "throttled, holding between batches"
+            elif r.get("waiting"):
+                held = f"running (waiting on {r['waiting']})"
             lines.append(
                 f"apply session pid {r['pid']} ({r['session']}), since {r['since']}: {held}"
             )
@@ -60,6 +78,31 @@ def status_lines(result, plan_code):
     total = sum(int(r["total"]) for r in rows)
     lines.append(f"total: {done}/{total} births applied")
     return lines
+
+
+def progress_lines(result, seen):
+    """The apply's progress while it runs: a line per collection whose births or status moved
+    since ``seen`` (what the last round saw), and the throttle when it starts, changes or
+    ends. Returns (lines, what this round saw). An unreadable state (None) prints nothing."""
+    if not isinstance(result, dict) or not result.get("deployed"):
+        return [], dict(seen)
+    now = dict(seen)
+    lines = []
+    control = result.get("control") or {}
+    throttle = control.get("throttle") or ""
+    if throttle != seen.get("__throttle", ""):
+        lines.append(f"throttled: {throttle}" if throttle else "no longer throttled")
+        now["__throttle"] = throttle
+    if control.get("state") != seen.get("__state", "run"):
+        lines.append(f"control: {control.get('state')} (set by {control.get('set_by')})")
+        now["__state"] = control.get("state")
+    for row in result.get("rows") or []:
+        mark = (int(row["done"]), row["status"])
+        started = row["collection"] in seen or row["status"] != "planned"
+        if started and list(mark) != list(seen.get(row["collection"], [])):
+            lines.append(row_line(row))
+        now[row["collection"]] = list(mark)
+    return lines, now
 
 
 class FilterModule:
