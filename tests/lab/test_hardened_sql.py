@@ -274,19 +274,19 @@ def table_exists(name: str) -> bool:
     return sql(f"SELECT to_regclass('public.{name}') IS NOT NULL")[0] == "t"
 
 
+def create_table_as(run_id: str, lease: Path, **options) -> tuple[str, dict]:
+    """birth_sql creating a new table, as run `run_id` under the lease file (`options`: more
+    of birth_sql's); the table's name and the module's result."""
+    name = f"fence_{uuid.uuid4().hex[:8]}"
+    body = f"CREATE TABLE public.{name} ();\n"
+    args = dict(CONNECTION, sql=body, lease_path=str(lease), lease_run_id=run_id, **options)
+    return name, adhoc("birth_sql", args)
+
+
 def test_a_broken_lease_stops_the_old_runs_next_script(tmp_path):
     lease = tmp_path / "lease"
     lease_file(lease, "run-new")  # the lease was broken and taken by run-new
-    name = f"fence_{uuid.uuid4().hex[:8]}"
-    out = adhoc(
-        "birth_sql",
-        dict(
-            CONNECTION,
-            sql=f"CREATE TABLE public.{name} ();\n",
-            lease_path=str(lease),
-            lease_run_id="run-old",
-        ),
-    )
+    name, out = create_table_as("run-old", lease)
     assert out["failed"] and out["fenced"], out
     assert "now belongs to run run-new" in out["msg"] and "nothing of this script ran" in out["msg"]
     assert not table_exists(name)
@@ -410,18 +410,7 @@ def test_the_database_fence_refuses_a_run_whose_lease_file_still_names_it(tmp_pa
     lease_file(lease, "run-old", token=1000)
     try:
         for transaction in ("commit", "none"):
-            name = f"fence_{uuid.uuid4().hex[:8]}"
-            out = adhoc(
-                "birth_sql",
-                dict(
-                    CONNECTION,
-                    sql=f"CREATE TABLE public.{name} ();\n",
-                    transaction=transaction,
-                    lease_path=str(lease),
-                    lease_run_id="run-old",
-                    fence=FENCE,
-                ),
-            )
+            name, out = create_table_as("run-old", lease, transaction=transaction, fence=FENCE)
             assert out["failed"] and out["fenced"], out
             assert "refused by the run fence in the database" in out["msg"], out["msg"]
             assert "run run-old with fencing token 1000" in out["msg"]
