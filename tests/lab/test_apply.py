@@ -858,6 +858,8 @@ def first_planned_code(collection: str) -> str:
 
 
 def throttle() -> list[tuple[str, ...]]:
+    """The apply's throttle, once it has one (the control table is made as the apply starts)."""
+    wait_for("SELECT 1 WHERE to_regclass('birth_stage2_apply_control') IS NOT NULL", timeout=240)
     return wait_for(
         "SELECT throttle FROM birth_stage2_apply_control WHERE throttle IS NOT NULL", timeout=240
     )
@@ -869,14 +871,14 @@ def finished(play: subprocess.Popen, timeout: float = 300) -> str:
 
 
 def test_a_lock_held_on_the_collection_throttles_the_apply_until_it_is_released(ready, applied):
-    """The apply is held at the first planned apr_approvals code while another session asks
-    for the table exclusively (it queues behind the held batch, then holds the table): the
-    apply throttles, saying why, writes nothing more, and finishes once the lock is gone."""
+    """The apply is held at apr_action_types (the first collection) while another session
+    takes the next one, apr_approvals, exclusively: reaching it, the apply throttles, saying
+    why, writes nothing more, and finishes once the lock is gone."""
     restore_ready()
     run_id = new_run_id("locked")
-    code = first_planned_code("apr_approvals")
+    code = first_planned_code("apr_action_types")
     blocker, play = held_apply(
-        ready.run_id, run_id, "apply-test-lock-blocker", code=code, collection="apr_approvals"
+        ready.run_id, run_id, "apply-test-lock-blocker", code=code, collection="apr_action_types"
     )
     locker = None
     try:
@@ -891,7 +893,8 @@ def test_a_lock_held_on_the_collection_throttles_the_apply_until_it_is_released(
         )
         wait_for(
             "SELECT 1 FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
-            "WHERE a.application_name = 'apply-test-locker' AND NOT l.granted"
+            "WHERE a.application_name = 'apply-test-locker' AND l.granted "
+            "AND l.mode = 'AccessExclusiveLock'"
         )
         terminate("apply-test-lock-blocker")
         ((why,),) = throttle()
@@ -900,6 +903,7 @@ def test_a_lock_held_on_the_collection_throttles_the_apply_until_it_is_released(
         shown = apply_status()
         assert "throttled since" in shown and "throttled, holding between batches" in shown, shown
         held = state()
+        assert {row[0]: row[1] for row in held["ledger"]}["apr_approvals"] == "planned"
         time.sleep(3)
         assert state() == held  # throttled: not one batch more
         assert play.poll() is None
@@ -1020,14 +1024,14 @@ def test_a_batch_that_times_out_is_retried_smaller_then_the_row_is_marked_failed
     retried on fewer pages after a backoff: it goes on once the lock is gone. Held through
     every retry, the row is marked failed with the reason; the batches before stay."""
     restore_ready()
-    code = first_planned_code("apr_approvals")
+    code = first_planned_code("dot_domain_rules")
     steer = [
-        "-e", "birth_stage2_apply_batch_size=8", "-e", "birth_stage2_apply_batch_target_ms=0",
+        "-e", "birth_stage2_apply_batch_size=500", "-e", "birth_stage2_apply_batch_target_ms=0",
         "-e", "birth_stage2_apply_batch_min=1", "-e", "birth_stage2_apply_batch_lock_timeout=1s",
         "-e", "birth_stage2_apply_batch_backoff_ms=300",
     ]  # fmt: skip
     run_id = new_run_id("retried")
-    blocker = hold_birth("apply-test-retry-blocker", code, "apr_approvals")
+    blocker = hold_birth("apply-test-retry-blocker", code, "dot_domain_rules")
     play = background_apply(
         ready.run_id, run_id, *steer, "-e", "birth_stage2_apply_batch_retries=5"
     )
@@ -1046,15 +1050,19 @@ def test_a_batch_that_times_out_is_retried_smaller_then_the_row_is_marked_failed
         stop(play, run_id)
     assert play.returncode == 0, out[-3000:]
     assert state() == applied["after"]
+    # The first batch of dot_domain_rules spans all its pages; its retry spans fewer.
     retried = sql(
-        "SELECT attempts, target_rows FROM birth_stage2_apply_batches "
-        "WHERE collection_name = 'apr_approvals' AND attempts > 1"
+        "SELECT attempts, target_rows, page_to - page_from FROM birth_stage2_apply_batches "
+        "WHERE collection_name = 'dot_domain_rules' AND attempts > 1 ORDER BY batch_no"
     )
-    assert retried and all(int(t) < 8 for _, t in retried), retried
+    assert retried and int(retried[0][1]) < 500, retried
+    ((pages,),) = sql("SELECT max(page_to) FROM birth_stage2_apply_batches "
+                      "WHERE collection_name = 'dot_domain_rules'")  # fmt: skip
+    assert int(retried[0][2]) < int(pages), retried
 
     # Held through every try: failed, with the reason, and nothing of the batch committed.
     restore_ready()
-    blocker = hold_birth("apply-test-retry-blocker", code, "apr_approvals")
+    blocker = hold_birth("apply-test-retry-blocker", code, "dot_domain_rules")
     try:
         failed = apply(
             ready.run_id, *steer, "-e", "birth_stage2_apply_batch_retries=1", check=False
@@ -1067,7 +1075,7 @@ def test_a_batch_that_times_out_is_retried_smaller_then_the_row_is_marked_failed
     assert "canceling statement due to lock timeout" in text
     mid = state()
     ledger = {row[0]: row for row in mid["ledger"]}
-    assert ledger["apr_approvals"][1] == "failed"
+    assert ledger["dot_domain_rules"][1] == "failed"
     assert mid["births"] == BIRTHS_BEFORE + sum(int(row[3]) for row in mid["ledger"])
     ((outcome,),) = sql("SELECT outcome FROM birth_stage2_apply_batches WHERE outcome <> 'ok'")
     assert outcome == "timed out: canceling statement due to lock timeout"
