@@ -8,8 +8,9 @@ Run from the repo root with the project's venv (the lab must be up; birth_lab is
 
 It builds its own lab database (birth_bench_apply, from the default fixture) and adds
 bench/fixtures/missing_1m.sql: one in-scope collection with --rows rows and no births. Then,
-through the real playbooks, a full Stage 2 run (dry-run author bench-author), an approved
-review by bench-reviewer and an open permit; that "ready" state is kept as a template.
+through the real playbooks, each act signed by its lab operator's key: a full Stage 2 run
+(alice, the dry-run), an approved review (bob) and an open permit bound to that evidence
+(carol); that "ready" state is kept as a template.
 Each repetition then measures, on fresh copies of the same ready state:
   * one INSERT ... SELECT of the missing births (the code the trigger computes, NOT EXISTS,
     ON CONFLICT DO NOTHING: fn_birth_register's statement), timed in the database, COMMIT
@@ -38,7 +39,7 @@ import sys
 import time
 from pathlib import Path
 
-from labenv import CONTAINER, REPO, VENV, env
+from labenv import CONTAINER, LAB, REPO, VENV, env
 
 FIXTURE = REPO / "bench" / "fixtures" / "missing_1m.sql"
 OUT = REPO / "docs" / "benchmarks.md"
@@ -47,12 +48,13 @@ COLLECTION = "bench_missing_births"
 DB = "birth_bench_apply"
 READY = f"{DB}_ready"
 INSERT_DB = f"{DB}_insert"
-# Our own lease and staging directory: bench runs never meet other users of the lab.
-STAGE2_ARGS = [
-    "-e", f"lab_db_name={DB}",
-    "-e", "birth_stage2_run_lock_path=/opt/incomex/docs/mcp-writes/.bench-apply.lock",
-    "-e", "birth_stage2_staging_dir=/opt/incomex/docs/mcp-writes/bench-apply",
-]  # fmt: skip
+# Our own staging root on the lab VPS (and so our own lease): bench runs never meet other
+# users of the lab, and the lab's reset leaves the shared staging root alone.
+STAGING_ROOT = f"/opt/incomex/docs/mcp-writes-{DB}"
+STAGE2_ARGS = ["-e", f"lab_db_name={DB}", "-e", f"birth_stage2_staging_root={STAGING_ROOT}"]
+# The lab's operators (playbooks/lab.yml makes their keys): the dry-run, the T2 review and
+# the owner's permit are signed acts, each by its own role's key.
+OPERATORS = LAB / "operators"
 TARGET_RATIO = 0.5
 TARGET_BATCH_MS = 2000.0
 
@@ -107,31 +109,42 @@ def summary(rid: str) -> dict:
     return json.loads((REPO / "reports" / rid / "summary.json").read_text())
 
 
+def key(name: str) -> list[str]:
+    """Sign as this lab operator (alice dry-runs, bob reviews, carol permits)."""
+    return ["-e", f"birth_stage2_signing_key={OPERATORS / name / 'id_ed25519'}"]
+
+
 def build_ready(rows: int) -> dict:
     log(f"[apply bench] {DB}: default fixture + {rows:,} rows without births ...")
-    playbook("playbooks/lab.yml", "-e", f"lab_db_name={DB}")
-    playbook("playbooks/lab.yml", "-e", f"lab_db_name={DB}", "-e", "lab_action=reset")
+    playbook(
+        "playbooks/lab.yml", "-e", f"lab_db_name={DB}", "-e", f"lab_staging_root={STAGING_ROOT}"
+    )
+    playbook(
+        "playbooks/lab.yml", "-e", f"lab_db_name={DB}", "-e", "lab_action=reset",
+        "-e", "lab_reset_vps=false",
+    )  # fmt: skip
     psql(DB, FIXTURE.read_text(), "-v", f"bench_rows={rows}")
     births = int(psql(DB, "SELECT count(*) FROM birth_registry;").strip())
-    log("[apply bench] full Stage 2 run, review, permit ...")
+    log("[apply bench] full Stage 2 run (alice), review (bob), permit (carol) ...")
     rid = run_id("dryrun")
     full = playbook(
-        "stage2.yml", *STAGE2_ARGS, "-e", f"birth_stage2_run_id={rid}",
+        "stage2.yml", *STAGE2_ARGS, *key("alice"), "-e", f"birth_stage2_run_id={rid}",
         "-e", "birth_stage2_operator=bench-author",
     )  # fmt: skip
     s = summary(rid)
     planned = s["plan"] or {}
     if planned.get(COLLECTION) != rows:
         sys.exit(f"the plan holds {planned.get(COLLECTION)} births for {COLLECTION}, not {rows}")
+    sha = s["evidence"]["sha256"]
     playbook(
-        "playbooks/review.yml", *STAGE2_ARGS, "-e", "birth_stage2_reviewer=bench-reviewer",
-        "-e", "birth_stage2_review_verdict=approved",
-        "-e", f"birth_stage2_review_evidence={s['evidence']['sha256']}",
-        "-e", f"birth_stage2_review_run={rid}",
+        "playbooks/review.yml", *STAGE2_ARGS, *key("bob"),
+        "-e", "birth_stage2_reviewer=bench-reviewer", "-e", "birth_stage2_review_verdict=approved",
+        "-e", f"birth_stage2_review_evidence={sha}", "-e", f"birth_stage2_review_run={rid}",
     )  # fmt: skip
     playbook(
-        "playbooks/permit.yml", *STAGE2_ARGS, "-e", "birth_stage2_permit_action=open",
-        "-e", "birth_stage2_permit_issuer=bench-owner", "-e", "birth_stage2_permit_expires_in=6h",
+        "playbooks/permit.yml", *STAGE2_ARGS, *key("carol"),
+        "-e", "birth_stage2_permit_action=open", "-e", "birth_stage2_permit_issuer=bench-owner",
+        "-e", f"birth_stage2_permit_evidence={sha}", "-e", "birth_stage2_permit_expires_in=6h",
     )  # fmt: skip
     copy_db(DB, READY)
     return {"confirm": rid, "births": births, "plan": planned, "full_run_s": full}
