@@ -141,9 +141,10 @@ def build_ready(rows: int) -> dict:
     playbook(
         "playbooks/lab.yml", "-e", f"lab_db_name={DB}", "-e", f"lab_staging_root={STAGING_ROOT}"
     )
+    # The reset also clears what an interrupted bench left in our staging root (a lease).
     playbook(
         "playbooks/lab.yml", "-e", f"lab_db_name={DB}", "-e", "lab_action=reset",
-        "-e", "lab_reset_vps=false",
+        "-e", f"lab_staging_root={STAGING_ROOT}",
     )  # fmt: skip
     psql(DB, FIXTURE.read_text(), "-v", f"bench_rows={rows}")
     births = int(psql(DB, "SELECT count(*) FROM birth_registry;").strip())
@@ -264,17 +265,46 @@ ON CONFLICT (plan_code) DO UPDATE
 """
 
 
-def apply_control(state: str, via: str) -> float:
-    """Set the control state as an operator would; returns the command's wall time."""
+# What a control write meets when a batch updated the control row (its batch_rows) after the
+# write's REPEATABLE READ snapshot was taken: the write fails and the operator runs it again.
+SERIALIZE = "could not serialize access due to concurrent update"
+
+
+def apply_control(state: str, via: str, tries: int) -> dict:
+    """Set the control state as an operator would, again while it fails on SERIALIZE (at most
+    `tries` times): through the playbook, or its statement in a transaction like the one
+    birth_sql wraps it in (REPEATABLE READ, its snapshot taken by a first read)."""
     if via == "sql":
+        argv = ["docker", "exec", "-i", CONTAINER, "psql", "-X", "-q", "-A", "-t"]
+        argv += ["-v", "ON_ERROR_STOP=1", "-U", "postgres", "-d", DB]
+        stdin = (
+            "BEGIN ISOLATION LEVEL REPEATABLE READ;\n"
+            f"SELECT to_regclass('public.{CONTROL_TABLE}') IS NOT NULL;\n"
+            + control_sql("pause" if state == "pause" else "run", f"bench {state}")
+            + "COMMIT;\n"
+        )
+    else:
+        argv = [
+            str(VENV / "ansible-playbook"), "playbooks/apply_control.yml", *STAGE2_ARGS,
+            "-e", f"birth_stage2_apply_control={state}",
+            "-e", f"birth_stage2_apply_control_reason=bench {state}",
+            "-e", "birth_stage2_operator=bench-operator",
+        ]  # fmt: skip
+        stdin = None
+    first = time.time()
+    failed = 0
+    while True:
         started = time.perf_counter()
-        psql(DB, control_sql("pause" if state == "pause" else "run", f"bench {state}"))
-        return time.perf_counter() - started
-    return playbook(
-        "playbooks/apply_control.yml", *STAGE2_ARGS, "-e", f"birth_stage2_apply_control={state}",
-        "-e", f"birth_stage2_apply_control_reason=bench {state}",
-        "-e", "birth_stage2_operator=bench-operator",
-    )  # fmt: skip
+        proc = subprocess.run(
+            argv, cwd=REPO, env=env(), input=stdin, text=True, capture_output=True, check=False
+        )
+        took = time.perf_counter() - started
+        if proc.returncode == 0:
+            return {"first_at": first, "s": took, "failed": failed}
+        failed += 1
+        if SERIALIZE not in proc.stdout + proc.stderr or failed >= tries:
+            sys.exit(f"failed ({failed} tries): {shlex.join(argv)}\n{proc.stdout[-3000:]}")
+        log(f"[apply bench] {state}: try {failed} refused ({SERIALIZE}); again")
 
 
 def control_row() -> tuple[str, float]:
@@ -440,23 +470,24 @@ def with_pause(args: argparse.Namespace):
         seen = int(psql(DB, wait_batches_sql(rid, args.pause_after, args.load_wait)).strip())
         if seen < args.pause_after:
             sys.exit(f"the apply committed {seen} batch(es) of {COLLECTION} in {args.load_wait} s")
-        cmd_at = time.time()
-        pause_s = apply_control("pause", args.pause_via)
+        pause = apply_control("pause", args.pause_via, args.control_tries)
         state, paused_at = control_row()
         if state != "pause":
             sys.exit(f"the control row is {state} after the pause command")
         time.sleep(args.pause_hold)
-        resume_s = apply_control("resume", "playbook")
+        resume = apply_control("resume", "playbook", args.control_tries)
         state, resumed_at = control_row()
         if state != "run":
             sys.exit(f"the control row is {state} after the resume command")
         return {
             "pause": {
-                "command_at": cmd_at,
-                "command_s": pause_s,
+                "command_at": pause["first_at"],
+                "command_s": pause["s"],
+                "refused": pause["failed"],
                 "paused_at": paused_at,
                 "resumed_at": resumed_at,
-                "resume_command_s": resume_s,
+                "resume_command_s": resume["s"],
+                "resume_refused": resume["failed"],
             }
         }
 
@@ -638,6 +669,8 @@ def pause_figures(run: dict) -> dict:
         "to_last_commit_ms": (last["finished"] - paused) * 1000,
         "command_to_last_commit_s": last["finished"] - p["command_at"],
         "command_s": p["command_s"],
+        "refused": p["refused"],
+        "resume_refused": p["resume_refused"],
         "started_after_pause": sum(1 for x in before if x["started"] > paused),
         "in_flight_ms": in_flight[0]["ms"] if in_flight else 0.0,
         "started_while_held": len(in_gap),
@@ -777,7 +810,7 @@ def markdown_steer(args: argparse.Namespace, ready: dict, reps: list, loadavg: l
     missed = n - len(held)
     starts_held = [p["started_while_held"] for p in held]
 
-    targets = [(args.target_ms, "base"), (args.other_target_ms, "other")]
+    targets = [(args.target_ms, ("base", "paused")), (args.other_target_ms, ("other",))]
     gate = ready["gate"]
     others = [x for r in reps for x in r["base"]["batches"] if x["collection"] != COLLECTION]
     small = [x["ms"] for x in others]
@@ -859,7 +892,11 @@ def markdown_steer(args: argparse.Namespace, ready: dict, reps: list, loadavg: l
         "",
         "| pause, set "
         + ("through `playbooks/apply_control.yml`" if args.pause_via == "playbook" else "by")
-        + (" (the control row's statement run directly)" if args.pause_via == "sql" else "")
+        + (
+            " the playbook's statement run directly, in the same kind of transaction"
+            if args.pause_via == "sql"
+            else ""
+        )
         + f" after {args.pause_after} batches of the collection, resumed through the playbook"
         f" {args.pause_hold} s after | value |",
         "| --- | ---: |",
@@ -867,7 +904,7 @@ def markdown_steer(args: argparse.Namespace, ready: dict, reps: list, loadavg: l
     if held:
         lines += [
             "| pause written (control row `set_at`) to the last batch committed before it"
-            " held (its `finished_at`), ms |"
+            " held (its `finished_at`), ms; negative: no batch was running when it was written |"
             f" {fmt([p['to_last_commit_ms'] for p in held], 1)}"
             f" {per([p['to_last_commit_ms'] for p in held], 1)} |",
             "| work of the batch in flight when the pause was written, ms |"
@@ -880,19 +917,31 @@ def markdown_steer(args: argparse.Namespace, ready: dict, reps: list, loadavg: l
             f" {fmt([p['held_s'] for p in held])} |",
             "| resume written to the next batch's start, ms |"
             f" {fmt([p['resume_to_next_ms'] for p in held], 1)} |",
-            f"| the pause command's wall time ({args.pause_via}), s |"
+            f"| the accepted pause command's wall time ({args.pause_via}), s |"
             f" {fmt([p['command_s'] for p in held])} |",
-            "| the pause command's start to the last batch committed, s |"
+            "| the first pause command's start to the last batch committed, s |"
             f" {fmt([p['command_to_last_commit_s'] for p in held])} |",
         ]
-    lines += [f"| repetitions where the pause never held (the apply was through) | {missed} |"]
+    refused = [r["paused"]["pause"]["refused"] for r in reps]
+    resume_refused = [r["paused"]["pause"]["resume_refused"] for r in reps]
+    lines += [
+        f"| pause commands refused (`{SERIALIZE}`) before one was accepted, run again at"
+        f" once each time | {per(refused)} |",
+        f"| resume commands refused the same way | {per(resume_refused)} |",
+        f"| repetitions where the pause never held (the apply was through) | {missed} |",
+    ]
     lines += [
         "",
         "The apply reads the control row before each batch; a pause written while a batch"
-        " runs holds after that batch commits (or the next, when the control row is written"
-        " while the batch holds it: the batch updates the row's batch_rows in its own"
-        " transaction). While held it commits every `birth_stage2_apply_throttle_wait_ms`"
-        " (1 s) and looks again, so resume takes up to that long.",
+        " runs holds after that batch commits, or after the next when the batch held the"
+        " control row. A batch whose aim (`batch_rows`) changed updates that row in its own"
+        " transaction, which the steered size does almost every batch. The control write"
+        " (`apply_control.yml` runs it through birth_sql, in a REPEATABLE READ transaction)"
+        " then waits for that batch and, once it commits, fails with"
+        f" `{SERIALIZE}`: the operator has to run it again"
+        f" (the bench does, up to {args.control_tries} times). While held the apply commits"
+        " every `birth_stage2_apply_throttle_wait_ms` (1 s) and looks again, so resume takes up"
+        " to that long.",
         "",
         "### Batch time against its target",
         "",
@@ -900,9 +949,10 @@ def markdown_steer(args: argparse.Namespace, ready: dict, reps: list, loadavg: l
         " | longest (ms) | median / target | births/s |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for target, key_ in targets:
-        runs = [r[key_] for r in reps]
-        kept = [steady_batches(r, args.warmup) for r in runs]
+    for target, keys in targets:
+        runs = [r[keys[0]] for r in reps]
+        # Per repetition, the batches of every apply without load at this target.
+        kept = [[ms for k in keys for ms in steady_batches(r[k], args.warmup)] for r in reps]
         if not all(kept):
             lines.append(f"| {target} | too few batches | | | | | |")
             continue
@@ -916,10 +966,13 @@ def markdown_steer(args: argparse.Namespace, ready: dict, reps: list, loadavg: l
         )
     lines += [
         "",
-        f"Counted: every batch of every collection but the first {args.warmup} (the size still"
-        f" ramping from {args.batch_size:,} rows, at most doubling per batch) and the last (the"
-        " collection's remainder). The work of a batch (`duration_ms`) runs from before its"
-        " ledger row lock to its batch row, so it includes the gate each batch re-checks:"
+        f"Counted, per repetition: the batches of the applies without load at that target"
+        f" (at {args.target_ms} ms the plain one and the paused one, at {args.other_target_ms} ms"
+        f" its own), in every collection but its first {args.warmup} (the size still ramping"
+        f" from {args.batch_size:,} rows, at most doubling or halving per batch) and its last"
+        " (the collection's remainder); births/s is the plain apply's. The work of a batch"
+        " (`duration_ms`) runs from before its ledger row lock to its batch row, so it includes"
+        " the gate each batch re-checks:"
         f" {gate['real_ms']:,.0f} ms for its codes hash alone at this plan's"
         f" {gate['codes']:,} codes; the one-batch collections of the report (at most"
         f" {small_rows:,}"
@@ -971,16 +1024,21 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=5000, help="the first batch's rows")
     ap.add_argument("--target-ms", type=int, default=500, help="0: fixed --batch-size")
     ap.add_argument("--other-target-ms", type=int, default=200)
-    ap.add_argument("--warmup", type=int, default=5, help="batches left out per collection")
+    ap.add_argument("--warmup", type=int, default=3, help="batches left out per collection")
     ap.add_argument("--load-sessions", type=int, default=3)
     ap.add_argument("--load-rows", type=int, default=10, help="rows inserted, and updated, per tx")
     ap.add_argument("--load-sleep-ms", type=int, default=10)
     ap.add_argument("--load-seconds", type=int, default=600, help="the load's time bound")
     ap.add_argument("--load-max-rows", type=int, default=2_000_000, help="its row bound")
     ap.add_argument("--load-wait", type=int, default=900, help="bound on waiting for the apply")
-    ap.add_argument("--pause-after", type=int, default=3, help="batches before the pause")
+    ap.add_argument("--pause-after", type=int, default=2, help="batches before the pause")
     ap.add_argument("--pause-hold", type=float, default=5.0)
-    ap.add_argument("--pause-via", choices=("playbook", "sql"), default="playbook")
+    ap.add_argument(
+        "--pause-via", choices=("playbook", "sql"), default="sql",
+        help="sql: the playbook's statement in its kind of transaction, without Ansible's seconds"
+        " of start-up (the pause lands inside the collection's few seconds of batches)",
+    )  # fmt: skip
+    ap.add_argument("--control-tries", type=int, default=20, help="per pause or resume")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--markdown", action="store_true", help="print the section, write nothing")
     ap.add_argument("--keep", action="store_true", help="keep the bench databases")
