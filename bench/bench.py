@@ -4,6 +4,7 @@
 Run from the repo root with the project's venv (the lab must be up; it is left as found):
 
     .venv/bin/python bench/bench.py [--scales 1,10] [--reps 3] [--lab-cycle] [--apply]
+                                    [--apply-args '--rows 100000']
 
 For each scale it loads the default fixture at that scale into its own lab database
 (birth_bench_s<N>, the lab's own birth_lab is not touched) and measures, several times each:
@@ -14,7 +15,8 @@ For each scale it loads the default fixture at that scale into its own lab datab
   * SSH connections (sshd's accepted logins) and Ansible tasks on the dry-run path;
   * EXPLAIN (ANALYZE, BUFFERS) of one per-collection dry-run query.
 With --lab-cycle it also times `lab up` from nothing (down, purge, up) and `lab reset`.
-With --apply it runs bench/apply_bench.py's measurement when that file exists.
+With --apply it runs bench/apply_bench.py's measurement when that file exists (with
+--apply-args added to its command line).
 It rewrites docs/benchmarks.md.
 """
 
@@ -242,12 +244,17 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--lab-cycle", action="store_true")
     ap.add_argument("--apply", action="store_true")
+    ap.add_argument(
+        "--apply-args", default="", help="passed to bench/apply_bench.py, e.g. '--rows 100000'"
+    )
     args = ap.parse_args()
     cycle = lab_cycle(args.reps) if args.lab_cycle else None
     results = [bench_scale(int(s), args.reps) for s in args.scales.split(",")]
     apply_md = None
     if args.apply and (REPO / "bench" / "apply_bench.py").exists():
-        _, proc = run([str(VENV / "python"), "bench/apply_bench.py", "--markdown"])
+        _, proc = run(
+            [str(VENV / "python"), "bench/apply_bench.py", "--markdown", *args.apply_args.split()]
+        )
         apply_md = proc.stdout
     for r in results:  # drop the bench databases (names are ours: birth_bench_s<N>)
         psql("postgres", f"DROP DATABASE IF EXISTS {r['db']} WITH (FORCE);")
