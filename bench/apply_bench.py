@@ -722,14 +722,15 @@ def markdown(args: argparse.Namespace, ready: dict, inserts: list, reps: list) -
     ratio_ok = "met" if ratio >= TARGET_RATIO else "missed"
     batch_ok = "met" if worst_batch <= TARGET_BATCH_MS else "missed"
     now = args.date
-    command = ".venv/bin/python bench/apply_bench.py " + " ".join(args.argv)
+    command = command_line(args)
     return "\n".join(
         [
             HEADING,
             "",
             f"- Date: {now}",
             f"- Machine: {machine()}",
-            f"- Command: `{command.strip()}`",
+            f"- Command: `{command.strip()}`, measuring the role as of commit"
+            f" {getattr(args, 'code', '?').strip()}",
             "- Data: the default lab fixture plus `bench/fixtures/missing_1m.sql`:"
             f" `{COLLECTION}`, {args.rows:,} rows without births (synthetic codes);"
             f" {ready['births']:,} births before the apply, whose plan is"
@@ -775,7 +776,7 @@ def markdown(args: argparse.Namespace, ready: dict, inserts: list, reps: list) -
 def markdown_steer(args: argparse.Namespace, ready: dict, reps: list, loadavg: list) -> str:
     """The steered apply's own section: under load, paused, batch time, time outside."""
     now = args.date
-    command = ".venv/bin/python bench/apply_bench.py " + " ".join(args.argv)
+    command = command_line(args)
     n = len(reps)
     base = [collection_figures(r["base"]) for r in reps]
     load = [collection_figures(r["load"]) for r in reps]
@@ -843,7 +844,8 @@ def markdown_steer(args: argparse.Namespace, ready: dict, reps: list, loadavg: l
         " same PostgreSQL container during the whole bench, so every figure below includes"
         " their load on these 2 cores (1-minute load average before each apply:"
         f" {min(loadavg):.2f} to {max(loadavg):.2f}; all of them: {loads}).",
-        f"- Command: `{command.strip()}`",
+        f"- Command: `{command.strip()}`, measuring the role as of commit"
+        f" {getattr(args, 'code', '?').strip()}",
         f"- Data: as in the section above ({args.rows:,} missing births in `{COLLECTION}`, the"
         " report's 137 in 5 more collections). Every apply is `ansible-playbook stage2.yml"
         " --tags apply` on a fresh copy of the same reviewed, permitted state, first batch"
@@ -907,8 +909,10 @@ def markdown_steer(args: argparse.Namespace, ready: dict, reps: list, loadavg: l
             " held (its `finished_at`), ms; negative: no batch was running when it was written |"
             f" {fmt([p['to_last_commit_ms'] for p in held], 1)}"
             f" {per([p['to_last_commit_ms'] for p in held], 1)} |",
-            "| work of the batch in flight when the pause was written, ms |"
-            f" {fmt([p['in_flight_ms'] for p in held], 1)} |",
+            "| repetitions where a batch was running when the pause was written |"
+            f" {sum(1 for p in held if p['in_flight_ms'])} of {len(held)} |",
+            "| work of the batch in flight when the pause was written (0: none), ms |"
+            f" {per([p['in_flight_ms'] for p in held], 1)} |",
             "| batches that started after the pause was written and before it held |"
             f" {per([p['started_after_pause'] for p in held])} |",
             "| batches started between that last batch and resume |"
@@ -932,16 +936,20 @@ def markdown_steer(args: argparse.Namespace, ready: dict, reps: list, loadavg: l
     ]
     lines += [
         "",
-        "The apply reads the control row before each batch; a pause written while a batch"
-        " runs holds after that batch commits, or after the next when the batch held the"
-        " control row. A batch whose aim (`batch_rows`) changed updates that row in its own"
-        " transaction, which the steered size does almost every batch. The control write"
-        " (`apply_control.yml` runs it through birth_sql, in a REPEATABLE READ transaction)"
-        " then waits for that batch and, once it commits, fails with"
-        f" `{SERIALIZE}`: the operator has to run it again"
-        f" (the bench does, up to {args.control_tries} times). While held the apply commits"
-        " every `birth_stage2_apply_throttle_wait_ms` (1 s) and looks again, so resume takes up"
-        " to that long.",
+        "By the procedure's code, the apply reads the control row before each batch, so a"
+        " pause written while a batch runs holds once that batch commits; while held it"
+        " commits every `birth_stage2_apply_throttle_wait_ms` (1 s) and looks again, so resume"
+        " takes up to that long."
+        + (
+            " A batch whose aim (`batch_rows`) changed, which the steered size does almost"
+            " every batch, updates the control row in its own transaction; a control write"
+            " (`apply_control.yml` runs it through birth_sql, in a REPEATABLE READ"
+            " transaction) meanwhile waits for that batch and, once it commits, fails with"
+            f" `{SERIALIZE}`: the operator has to run it again (the bench does, up to"
+            f" {args.control_tries} times). This is what the refusals above are."
+            if any(refused) or any(resume_refused)
+            else " No control write was refused."
+        ),
         "",
         "### Batch time against its target",
         "",
@@ -1018,7 +1026,19 @@ def write_section(heading: str, section: str) -> None:
     log(f"[apply bench] wrote the section '{heading}' in {OUT}")
 
 
-def main() -> None:
+def command_line(args: argparse.Namespace) -> str:
+    """The command that measures the same again: every setting that is not the default."""
+    defaults = vars(parser().parse_args([]))
+    out = [".venv/bin/python bench/apply_bench.py"]
+    for name, default in defaults.items():
+        value = getattr(args, name, default)
+        if name in ("markdown", "keep", "render") or value == default:
+            continue
+        out.append(f"--{name.replace('_', '-')} {value}")
+    return " ".join(out)
+
+
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--batch-size", type=int, default=5000, help="the first batch's rows")
@@ -1043,7 +1063,11 @@ def main() -> None:
     ap.add_argument("--markdown", action="store_true", help="print the section, write nothing")
     ap.add_argument("--keep", action="store_true", help="keep the bench databases")
     ap.add_argument("--render", metavar="JSON", help="write the sections from a saved run")
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    args = parser().parse_args()
     args.argv = sys.argv[1:]
 
     if args.render:
@@ -1092,6 +1116,9 @@ def main() -> None:
             )
             drop_db(f"{DB}_pristine")
     args.date = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    args.code = run(["git", "log", "-1", "--format=%h", "--", "roles", "library", "module_utils"])[
+        1
+    ]
     # Every figure of the run, to render the sections again (--render) without rerunning.
     saved = REPO / "reports" / f"apply-bench-{run_id('figures')}.json"
     saved.parent.mkdir(exist_ok=True)
