@@ -424,8 +424,15 @@ def test_apply_ignores_a_self_review_row(ready):
 
 def test_apply_refuses_a_stale_review(ready):
     restore_ready()
-    # New data after bob's review: the evidence changes (rows), the planned deltas do not.
+    # A birth lost after bob's review: the collection's delta, and so the evidence, change.
+    # (A row the application adds, born by its trigger, changes neither: the evidence holds
+    # what the apply will do, not the live row counts.)
     sql("INSERT INTO field_type_equivalences (title) VALUES ('arrived after the review');")
+    assert dryrun("alice")["evidence"]["sha256"] == ready.sha
+    sql(
+        "DELETE FROM birth_registry WHERE id = (SELECT max(id) FROM birth_registry"
+        " WHERE collection_name = 'field_type_equivalences')"
+    )
     fresh = dryrun("alice")
     assert fresh["evidence"]["sha256"] != ready.sha
     before = state()
@@ -643,11 +650,14 @@ def test_a_fence_bumped_mid_apply_stops_it_at_its_next_batch(ready):
 
 def test_apply_under_traffic_births_exactly_the_reviewed_codes(ready):
     """The application births and moves every row of a planned collection while the apply walks
-    it in one-page batches: each reviewed code is born once, none missed, and only Stage 2's
-    births are judged."""
+    it in one-page batches, and births rows of another planned collection (the guards' counts
+    judge the backfill's births, never the application's): each reviewed code is born once,
+    none missed, and only Stage 2's births are judged."""
     restore_ready()
     run_id = new_run_id("apply-traffic")
-    with Writer(update="dot_domain_rules", interval=0.02, update_all=True) as writer:
+    with Writer(
+        insert_into="apr_approvals", update="dot_domain_rules", interval=0.02, update_all=True
+    ) as writer:
         apply(
             ready.run_id,
             "-e",
@@ -658,8 +668,8 @@ def test_apply_under_traffic_births_exactly_the_reviewed_codes(ready):
     s = summary(run_id)
     assert s["births"]["stage2"] == REPORT_DELTAS
     others = s["births"]["by_others"]
-    assert set(others) == {"knowledge_documents"}
-    assert 0 < others["knowledge_documents"] <= writer.made
+    assert set(others) == {"apr_approvals"}
+    assert 0 < others["apr_approvals"] <= writer.made
     unborn = sql(
         "SELECT count(*) FROM birth_stage2_plan_codes pc WHERE NOT EXISTS (SELECT 1 FROM "
         "birth_registry b WHERE b.collection_name = pc.collection_name "
