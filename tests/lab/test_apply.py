@@ -868,10 +868,10 @@ def first_planned_code(collection: str) -> str:
 
 
 def throttle() -> list[tuple[str, ...]]:
-    """The apply's throttle, once it has one (the control table is made as the apply starts)."""
-    wait_for("SELECT 1 WHERE to_regclass('birth_stage2_apply_control') IS NOT NULL", timeout=240)
+    """The apply's throttle, once it has one (its progress table is made as the apply starts)."""
+    wait_for("SELECT 1 WHERE to_regclass('birth_stage2_apply_progress') IS NOT NULL", timeout=240)
     return wait_for(
-        "SELECT throttle FROM birth_stage2_apply_control WHERE throttle IS NOT NULL", timeout=240
+        "SELECT throttle FROM birth_stage2_apply_progress WHERE throttle IS NOT NULL", timeout=240
     )
 
 
@@ -939,7 +939,7 @@ def test_a_lock_held_on_the_collection_throttles_the_apply_until_it_is_released(
         "WHERE throttle_reason IS NOT NULL"
     )
     assert "lock on apr_approvals" in reason and waited == "t"
-    assert sql("SELECT throttle IS NULL FROM birth_stage2_apply_control") == [("t",)]
+    assert sql("SELECT throttle IS NULL FROM birth_stage2_apply_progress") == [("t",)]
 
 
 ADVISORY_SWITCH = 424242
@@ -953,7 +953,9 @@ def test_the_throttle_query_holds_the_apply_and_ctrl_c_leaves_it_running_to_its_
     """The operator's throttle query holds the apply; the controller is interrupted (Ctrl-C to
     its process group) meanwhile. The apply goes on by itself on the VPS, as the runbook says:
     once the query lets it go it ends, exactly the plan; a rerun naming the interrupted run's
-    lease finds every row done and passes its checks."""
+    lease finds every row done and passes its checks. An operator's write of the control row
+    whose REPEATABLE READ snapshot is older than the apply's leaving the throttle is not
+    refused: the apply keeps its throttle in its own progress row, never in the control row."""
     restore_ready()
     run_id = new_run_id("ctrl-c")
     switch = background_psql(
@@ -982,7 +984,31 @@ def test_the_throttle_query_holds_the_apply_and_ctrl_c_leaves_it_running_to_its_
             "SELECT 1 FROM pg_stat_activity WHERE wait_event = 'PgSleep' "  # noqa: S608
             f"AND application_name = 'birth_stage2:{run_id}'"
         )
+        # The operator's transaction takes its snapshot while the apply is throttled ...
+        operator = subprocess.Popen(
+            [*psql_prefix(LAB_DB), "-X", "-q", "-v", "ON_ERROR_STOP=1"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, env=lab_env(),
+        )  # fmt: skip
+        operator.stdin.write(
+            "SET application_name = 'apply-test-operator';\n"
+            "BEGIN ISOLATION LEVEL REPEATABLE READ;\n"
+            "SELECT state FROM birth_stage2_apply_control;\n"
+            "SELECT pg_sleep(6);\n"
+            "UPDATE birth_stage2_apply_control SET reason = 'noted while it ran';\n"
+            "COMMIT;\n"
+        )
+        operator.stdin.close()
+        wait_for(
+            "SELECT 1 FROM pg_stat_activity WHERE application_name = 'apply-test-operator' "
+            "AND wait_event = 'PgSleep'"
+        )
         terminate("apply-test-switch")  # the query lets it go
+        # ... the apply leaves its throttle meanwhile; the operator's write still commits.
+        wait_for("SELECT 1 FROM birth_stage2_apply_progress WHERE throttle IS NULL")
+        _, refused_by = operator.communicate(timeout=60)
+        assert operator.returncode == 0, refused_by
+        assert sql("SELECT reason FROM birth_stage2_apply_control") == [("noted while it ran",)]
         wait_for(
             "SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM birth_backfill_ledger "  # noqa: S608
             f"WHERE plan_code = '{PLAN}' AND status <> 'done')"
@@ -1023,7 +1049,7 @@ def test_a_critical_threshold_stops_the_apply_cleanly_and_a_rerun_applies(ready,
     assert "birth_stage2_apply_critical_xact_age" in text
     assert "nothing half-applied; the ledger row stays planned" in text
     assert state() == before  # nothing applied, the permit still open
-    ((said,),) = sql("SELECT throttle FROM birth_stage2_apply_control")
+    ((said,),) = sql("SELECT throttle FROM birth_stage2_apply_progress")
     assert said.startswith("critical: the oldest open transaction is")
     apply(ready.run_id)
     assert state() == applied["after"]
