@@ -16,6 +16,8 @@ description:
     read-only session (no lease, no advisory lock, so it never waits for the apply) and prints
     one line per collection that moved - births done/total, percent, batches, births/s, ETA,
     the last batch's rows and time - and the throttle when it changes.
+  - The job's status is asked every half second (at most every O(every) seconds), so the play
+    goes on as soon as the apply ends, not up to O(every) seconds later.
   - When the job ends, the task's result is the job's (the apply's C(birth_sql) result), and
     the job's status file on the VPS is removed.
   - Runs as an action plugin (C(roles/birth_stage2/action_plugins/birth_apply_wait.py)) on

@@ -24,11 +24,12 @@ import subprocess
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import jsonschema
 import pytest
 
-from tests.conftest import LAB_DB, REPO, lab_env, lab_playbook, psql_prefix, run_psql
+from tests.conftest import LAB_CONTAINER, LAB_DB, REPO, lab_env, lab_playbook, psql_prefix, run_psql
 from tests.lab.labrun import LOCK_PATH, Writer
 from tests.test_runbook import squash
 
@@ -857,6 +858,42 @@ def test_control_refuses_bad_input_and_writes_nothing_in_check_mode(ready):
     assert "no apply has been deployed on this database" in apply_status()
 
 
+PWNED = "/tmp/birth-stage2-pwned"  # noqa: S108 (a file the attack would create; never made)
+
+
+def test_the_operators_queries_can_neither_write_nor_reach_psql(ready):
+    """The throttle and critical queries are the operator's own SQL, run as the apply's role: a
+    query that writes (a DELETE inside a WITH passes as one statement starting with WITH), a
+    psql meta-command and a second statement after a semicolon are each refused before the
+    apply writes anything, and no shell command ran."""
+    restore_ready()
+    before = state()
+    writes = apply(
+        ready.run_id, "-e", json.dumps({"birth_stage2_apply_throttle_query": (
+            "WITH gone AS (DELETE FROM public.birth_registry RETURNING 1) "
+            "SELECT count(*) > 0 FROM gone"
+        )}), check=False,
+    )  # fmt: skip
+    # (PostgreSQL names the statement: a SELECT whose WITH deletes.)
+    refused(writes, "in a read-only transaction", "FAILED in phase apply")
+    assert state() == before
+    escape = apply(
+        ready.run_id, "-e", json.dumps({
+            "birth_stage2_apply_critical_query": f"SELECT false \\! touch {PWNED}",
+            "birth_stage2_apply_throttle_query": "SELECT false; DELETE FROM public.birth_registry",
+        }), check=False,
+    )  # fmt: skip
+    text = squash(refused(escape, NOTHING_WRITTEN))
+    assert "birth_stage2_apply_critical_query may not hold a backslash" in text, text[-3000:]
+    assert "birth_stage2_apply_throttle_query must be one statement" in text, text[-3000:]
+    assert state() == before
+    pwned = subprocess.run(
+        ["docker", "exec", LAB_CONTAINER, "test", "-e", PWNED], env=lab_env(), check=False
+    )
+    assert pwned.returncode != 0
+    assert not Path(PWNED).exists()
+
+
 # ---- the apply steers itself: throttle, critical abort, lock timeouts, an interrupted controller
 
 
@@ -987,7 +1024,7 @@ def test_the_throttle_query_holds_the_apply_and_ctrl_c_leaves_it_running_to_its_
         # The operator's transaction takes its snapshot while the apply is throttled ...
         operator = subprocess.Popen(
             [*psql_prefix(LAB_DB), "-X", "-q", "-v", "ON_ERROR_STOP=1"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             text=True, env=lab_env(),
         )  # fmt: skip
         operator.stdin.write(
@@ -1006,8 +1043,7 @@ def test_the_throttle_query_holds_the_apply_and_ctrl_c_leaves_it_running_to_its_
         terminate("apply-test-switch")  # the query lets it go
         # ... the apply leaves its throttle meanwhile; the operator's write still commits.
         wait_for("SELECT 1 FROM birth_stage2_apply_progress WHERE throttle IS NULL")
-        _, refused_by = operator.communicate(timeout=60)
-        assert operator.returncode == 0, refused_by
+        assert operator.wait(timeout=60) == 0, operator.stderr.read()
         assert sql("SELECT reason FROM birth_stage2_apply_control") == [("noted while it ran",)]
         wait_for(
             "SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM birth_backfill_ledger "  # noqa: S608

@@ -26,6 +26,9 @@ _SPEC = importlib.util.spec_from_file_location("birth_stage2_apply_status", _STA
 apply_status = importlib.util.module_from_spec(_SPEC)
 _SPEC.loader.exec_module(apply_status)
 
+# How often the job's status is asked (one module run on the VPS each time).
+POLL = 0.5
+
 CONNECTION_KEYS = ("container", "db_name", "db_user", "db_password", "docker_bin")
 
 
@@ -77,16 +80,21 @@ class ActionModule(ActionBase):
             " controller (Ctrl-C, a lost link) leaves it running to its end; read it with"
             " ansible-playbook playbooks/apply_status.yml (docs/RUNBOOK.md#controller-interrupted)"
         )
+        # The job's status is asked every POLL seconds, so the play sees the end at once; the
+        # apply's state (a psql session on the VPS) is read every `every` seconds.
+        next_state = 0.0
         while True:
             job = self._job(jid, "status", task_vars)
             if job.get("finished") or (job.get("failed") and not job.get("started")):
                 break
-            state = self._state(args, task_vars)
-            lines, seen = apply_status.progress_lines(state, seen)
-            for line in lines:
-                display.display(f"[{host}] {label}: {line}")
-            printed += lines
-            time.sleep(every)
+            if time.monotonic() >= next_state:
+                state = self._state(args, task_vars)
+                lines, seen = apply_status.progress_lines(state, seen)
+                for line in lines:
+                    display.display(f"[{host}] {label}: {line}")
+                printed += lines
+                next_state = time.monotonic() + every
+            time.sleep(min(POLL, every))
         self._job(jid, "cleanup", task_vars)
         for key in ("ansible_job_id", "started", "finished", "results_file", "erased"):
             job.pop(key, None)
