@@ -180,3 +180,63 @@ def test_nothing_left_needs_no_permit():
     decision = {"status": "NOT_READY", "reasons": ["open_permit: x"]}
     out = run(state([row("a", "done", applied=10)], decision=decision))
     assert out == {"mode": "nothing", "targets": [], "permit_id": None, "problems": []}
+
+
+# ---- after the apply: the check, the growth the final guard asserts, summary.json's apply key
+
+
+def after_row(collection, status="done", expected=3, applied=3, permit_id=7, **kw):
+    return {"collection": collection, "status": status, "expected": expected, "applied": applied,
+            "permit_id": permit_id, "batches": 1, "longest_batch_ms": 2.5, **kw}  # fmt: skip
+
+
+CONSUMED = {"7": {"status": "consumed"}}
+RERUN_VIEW = "v_rerun"
+
+
+def test_apply_check_passes_a_plan_applied_exactly():
+    after = {"ledger": [after_row("a"), after_row("c", status="cancelled")], "permits": CONSUMED}
+    rows = [{"view": RERUN_VIEW, "ok": True, "label": "fine"}, {"view": "other", "ok": False}]
+    assert gates.apply_check(after, {"a": {"expected_delta": 0}}, rows, RERUN_VIEW) == []
+
+
+def test_apply_check_names_every_reason():
+    after = {
+        "ledger": [
+            after_row("a", status="applying", applied=2),
+            after_row("b", permit_id=None),
+            after_row("d", permit_id=8),
+        ],
+        "permits": {**CONSUMED, "8": {"status": "open"}},
+    }
+    rerun = {"a": {"expected_delta": 1}, "b": {"expected_delta": None}, "d": {"expected_delta": 0}}
+    rows = [{"view": RERUN_VIEW, "ok": False, "label": "v_rerun.rerun_delta_zero:a: 1"}]
+    assert gates.apply_check(after, rerun, rows, RERUN_VIEW) == [
+        "a is applying with 2 of 3 applied",
+        "a: rerun dry-run delta 1, must be 0",
+        "b: rerun dry-run delta unknown, must be 0",
+        "b: permit none is missing, must be consumed",
+        "d: permit 8 is open, must be consumed",
+        "rerun-delta guard red: v_rerun.rerun_delta_zero:a: 1",
+    ]
+
+
+def test_apply_growth_is_what_was_still_missing():
+    targets = [
+        {"collection": "a", "expected": 10, "applied": 4},
+        {"collection": "b", "expected": 5, "applied": 5},
+    ]
+    assert gates.apply_growth(targets) == {"a": 6}
+    assert gates.apply_growth([]) == {}
+
+
+def test_apply_result_keeps_each_row_and_the_last_permit():
+    ledger = [after_row("a"), after_row("b", permit_id=9), after_row("c", permit_id=None)]
+    after = {"ledger": ledger}
+    rerun = {"a": {"expected_delta": 0}, "b": {"expected_delta": 2}}
+    got = gates.apply_result(after, rerun, "fresh", "RUN1", "5000")
+    assert got["a"] == {"expected": 3, "applied": 3, "batches": 1, "status": "done",
+                        "longest_batch_ms": 2.5}  # fmt: skip
+    assert (got["permit_id"], got["rerun_total"], got["mode"]) == (9, 2, "fresh")
+    assert (got["confirm"], got["batch_size"]) == ("RUN1", 5000)
+    assert gates.apply_result({"ledger": []}, {}, "nothing", "R", 1)["permit_id"] is None

@@ -676,6 +676,70 @@ def audit(records_state, checks, audit_state):
     return {"chains": chains, "problems": problems}
 
 
+def apply_check(after, rerun, guard_rows, rerun_view):
+    """Why the apply did not end as planned, one line each (none: it did): every ledger row
+    not cancelled is done with exactly its expected births, its rerun dry-run delta is 0 and
+    its permit consumed; no row of the rerun-delta guard is red."""
+    out = []
+    for r in after.get("ledger") or []:
+        if r["status"] == "cancelled":
+            continue
+        name = r["collection"]
+        if r["status"] != "done" or r["applied"] != r["expected"]:
+            out.append(f"{name} is {r['status']} with {r['applied']} of {r['expected']} applied")
+        delta = (rerun.get(name) or {}).get("expected_delta")
+        if delta != 0:
+            shown = "unknown" if delta is None else delta
+            out.append(f"{name}: rerun dry-run delta {shown}, must be 0")
+        permits = after.get("permits") or {}
+        permit = permits.get(str(r["permit_id"]), {}) if r.get("permit_id") else {}
+        if permit.get("status", "") != "consumed":
+            status = permit.get("status", "missing")
+            permit_id = r.get("permit_id") or "none"
+            out.append(f"{name}: permit {permit_id} is {status}, must be consumed")
+    out += [
+        f"rerun-delta guard red: {g['label']}"
+        for g in guard_rows
+        if g.get("view") == rerun_view and not g.get("ok")
+    ]
+    return out
+
+
+def apply_growth(targets):
+    """What the births of each collection must grow by since the run's first snapshot: what
+    the plan still expected when the apply began (a resume grows by what was missing)."""
+    return {
+        r["collection"]: r["expected"] - r["applied"]
+        for r in targets
+        if r["expected"] - r["applied"] > 0
+    }
+
+
+def apply_result(after, rerun, mode, confirm, batch_size):
+    """summary.json's apply key: each collection's row after the apply, the permit it ran
+    under, the rerun's total delta, the mode, the confirmed run and the first batch's size."""
+    out = {}
+    permits = []
+    total = 0
+    for r in after.get("ledger") or []:
+        out[r["collection"]] = {
+            k: r.get(k) for k in ("expected", "applied", "batches", "status", "longest_batch_ms")
+        }
+        total += (rerun.get(r["collection"]) or {}).get("expected_delta") or 0
+        if r.get("permit_id") and r["permit_id"] not in permits:
+            permits.append(r["permit_id"])
+    out.update(
+        {
+            "permit_id": permits[-1] if permits else None,
+            "rerun_total": total,
+            "mode": mode,
+            "confirm": confirm,
+            "batch_size": int(batch_size),
+        }
+    )
+    return out
+
+
 class FilterModule:
     def filters(self):
         return {
@@ -688,4 +752,7 @@ class FilterModule:
             "birth_stage2_review_problems": review_problems,
             "birth_stage2_permit_problems": permit_problems,
             "birth_stage2_refusal": refusal,
+            "birth_stage2_apply_check": apply_check,
+            "birth_stage2_apply_growth": apply_growth,
+            "birth_stage2_apply_result": apply_result,
         }
