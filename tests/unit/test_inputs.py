@@ -121,3 +121,48 @@ def test_name_checks_refuses_a_map_that_is_not_one():
     assert inputs.bad_inputs(inputs.name_checks("birth_stage2_objects", None, [])) == [
         "birth_stage2_objects=null (must be a string, got NoneType)"
     ]
+
+
+# ---- the entry points' own inputs: apply_control, review, permit --------------------------------
+
+SHA = "0" * 64
+
+
+def test_good_entry_point_inputs_pass():
+    assert inputs.control_problems("pause", "replica lag (db2)", "alice@ops") == []
+    assert inputs.control_problems("resume", "", "bob") == []
+    assert inputs.review_problems("approved", SHA, "20261206T120000000000Z-dryrun") == []
+    assert inputs.permit_problems("open", SHA, "2h") == []
+    assert inputs.permit_problems("open", SHA, "90 min") == []
+    assert inputs.permit_problems("revoke", "", "") == []
+
+
+def test_each_bad_control_input_is_named_with_what_it_got():
+    assert inputs.control_problems("stop", "it's; DROP", "") == [
+        'birth_stage2_apply_control must be pause, resume or abort (got "stop")',
+        "birth_stage2_apply_control_reason must be up to 200 of A-Z a-z 0-9 space . , : ; _ ( ) / +"
+        ' @ - (got "it\'s; DROP")',
+        'birth_stage2_operator must be 1 to 64 of A-Z a-z 0-9 . _ @ + - (got "")',
+    ]
+    # A trailing newline is not a match of the whole value.
+    assert len(inputs.control_problems("pause", "ok\n", "bob\n")) == 2
+    assert len(inputs.control_problems("pause", "x" * 201, "bob")) == 1
+
+
+def test_each_bad_review_input_is_named():
+    got = inputs.review_problems("yes", "A" * 64, 7)
+    assert [p.split(" must be")[0] for p in got] == [
+        "birth_stage2_review_verdict", "birth_stage2_review_evidence", "birth_stage2_review_run",
+    ]  # fmt: skip
+    assert got[2].endswith("(got 7)")
+
+
+def test_each_bad_permit_input_is_named_and_revoke_needs_none():
+    assert inputs.permit_problems("close", SHA, "2h") == [
+        'birth_stage2_permit_action must be open or revoke (got "close")'
+    ]
+    got = inputs.permit_problems("open", "", "0h")
+    assert [p.split(" must be")[0] for p in got] == [
+        "birth_stage2_permit_evidence", "birth_stage2_permit_expires_in",
+    ]  # fmt: skip
+    assert inputs.permit_problems("open", SHA, 3)[0].endswith("like 2h (got 3)")

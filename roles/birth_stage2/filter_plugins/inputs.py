@@ -111,9 +111,70 @@ def name_checks(prefix, mapping, required_keys=(), code_suffix="_code"):
     return out
 
 
+# The entry points' own inputs (apply_control, review, permit): each problem names its
+# variable, what it must be and what it got (as JSON), so one run lists them all.
+_REASON = re.compile(r"[A-Za-z0-9 .,:;_()/+@-]{0,200}")
+_OPERATOR = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_RUN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_EXPIRES = re.compile(r"[1-9][0-9]*\s*(s|m|min|h|d)")
+
+
+def _bad(name, value, pattern, must):
+    """The problem of ``name`` unless ``value`` is a string ``pattern`` matches whole."""
+    if isinstance(value, str) and pattern.fullmatch(value):
+        return []
+    return [f"{name} must be {must} (got {json.dumps(value)})"]
+
+
+def control_problems(action, reason, operator):
+    """playbooks/apply_control.yml: the action, its reason and who sets it."""
+    out = []
+    if action not in ("pause", "resume", "abort"):
+        out.append(
+            f"birth_stage2_apply_control must be pause, resume or abort (got {json.dumps(action)})"
+        )
+    out += _bad("birth_stage2_apply_control_reason", reason, _REASON,
+                "up to 200 of A-Z a-z 0-9 space . , : ; _ ( ) / + @ -")  # fmt: skip
+    out += _bad("birth_stage2_operator", operator, _OPERATOR, "1 to 64 of A-Z a-z 0-9 . _ @ + -")
+    return out
+
+
+def review_problems(verdict, evidence, run):
+    """playbooks/review.yml: the verdict, the evidence sha256 reviewed and its dry-run."""
+    out = []
+    if verdict not in ("approved", "rejected"):
+        out.append(
+            f"birth_stage2_review_verdict must be approved or rejected (got {json.dumps(verdict)})"
+        )
+    out += _bad("birth_stage2_review_evidence", evidence, _SHA256,
+                "the 64-hex-digit evidence sha256 of the dry-run reviewed")  # fmt: skip
+    out += _bad("birth_stage2_review_run", run, _RUN, "the run id of the dry-run reviewed")
+    return out
+
+
+def permit_problems(action, evidence, expires_in):
+    """playbooks/permit.yml: open (with the evidence and the expiry) or revoke."""
+    if action not in ("open", "revoke"):
+        return [f"birth_stage2_permit_action must be open or revoke (got {json.dumps(action)})"]
+    if action == "revoke":
+        return []
+    out = _bad("birth_stage2_permit_evidence", evidence, _SHA256,
+               "the 64-hex-digit evidence sha256 of the reviewed dry-run")  # fmt: skip
+    if not _EXPIRES.fullmatch(str(expires_in)):
+        out.append(
+            "birth_stage2_permit_expires_in must be a number and s, m, min, h or d, like 2h"
+            f" (got {json.dumps(expires_in)})"
+        )
+    return out
+
+
 class FilterModule:
     def filters(self):
         return {
             "birth_stage2_bad_inputs": bad_inputs,
             "birth_stage2_name_checks": name_checks,
+            "birth_stage2_control_problems": control_problems,
+            "birth_stage2_review_input_problems": review_problems,
+            "birth_stage2_permit_input_problems": permit_problems,
         }
