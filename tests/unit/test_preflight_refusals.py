@@ -184,3 +184,28 @@ def test_every_fix_command_names_what_exists():
             assert check_command(command) == [], command
             seen += 1
     assert seen >= len(messages) + 3  # each refusal, and the lab's own commands
+
+
+# ---- the live state: earlier guards, frozen tools, an open apply --------------------------------
+
+
+def test_a_clean_state_has_no_refusal():
+    state = {"dependency_guards": [{"view": "v", "check": "c", "ok": True}],
+             "frozen_tools": {"dot-x": "frozen"}, "open_ledger_runs": []}  # fmt: skip
+    assert pf.state_problems(state, ["all"]) == []
+
+
+def test_every_refusal_of_the_live_state_is_listed():
+    state = {
+        "dependency_guards": [{"view": "v_s0", "check": "gw", "ok": False, "detail": None}],
+        "frozen_tools": {"dot-a": "frozen", "dot-b": "active"},
+        "open_ledger_runs": [{"collection": "a"}, {"collection": "b"}],
+    }
+    assert pf.state_problems(state, ["dryrun"]) == [
+        "earlier guard red: v_s0.gw (); fix that stage first",
+        "DOT tool dot-b is active, must stay frozen; ask the owner",
+        "an apply is open (ledger rows applying: a, b); finish it: ansible-playbook stage2.yml"
+        " --tags apply -e birth_stage2_apply_confirm=RUN_ID",
+    ]
+    # The apply itself finishes an open apply.
+    assert len(pf.state_problems(state, ["apply"])) == 2

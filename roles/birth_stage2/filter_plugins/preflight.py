@@ -141,10 +141,36 @@ def inventory_arg(sources, repo, default="inventories/lab"):
     return "" if text == default else text
 
 
+def state_problems(state, run_tags):
+    """Preflight's refusals about the live state (sql/probe/preflight.sql.j2's JSON): an
+    earlier stage's guard red, a frozen DOT tool thawed, an apply left open (refused unless
+    this run is the apply, which finishes it)."""
+    out = [
+        f"earlier guard red: {g['view']}.{g['check']} ({g.get('detail') or ''});"
+        " fix that stage first"
+        for g in state.get("dependency_guards") or []
+        if not g.get("ok")
+    ]
+    out += [
+        f"DOT tool {tool} is {status}, must stay frozen; ask the owner"
+        for tool, status in (state.get("frozen_tools") or {}).items()
+        if status != "frozen"
+    ]
+    open_runs = state.get("open_ledger_runs") or []
+    if open_runs and "apply" not in run_tags:
+        names = ", ".join(r["collection"] for r in open_runs)
+        out.append(
+            f"an apply is open (ledger rows applying: {names}); finish it:"
+            " ansible-playbook stage2.yml --tags apply -e birth_stage2_apply_confirm=RUN_ID"
+        )
+    return out
+
+
 class FilterModule:
     def filters(self):
         return {
             "birth_stage2_vps_problems": vps_problems,
             "birth_stage2_with_fix": with_fix,
             "birth_stage2_inventory_arg": inventory_arg,
+            "birth_stage2_state_problems": state_problems,
         }
