@@ -159,10 +159,8 @@ def state_problems(state, run_tags):
     open_runs = state.get("open_ledger_runs") or []
     if open_runs and "apply" not in run_tags:
         names = ", ".join(r["collection"] for r in open_runs)
-        out.append(
-            f"an apply is open (ledger rows applying: {names}); finish it:"
-            " ansible-playbook stage2.yml --tags apply -e birth_stage2_apply_confirm=RUN_ID"
-        )
+        fix = "finish it: ansible-playbook stage2.yml --tags apply -e birth_stage2_apply_confirm=RUN_ID"  # noqa: E501 (one string: the RUNBOOK quotes it)
+        out.append(f"an apply is open (ledger rows applying: {names}); {fix}")
     return out
 
 
