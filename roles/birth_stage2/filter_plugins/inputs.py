@@ -117,6 +117,9 @@ _REASON = re.compile(r"[A-Za-z0-9 .,:;_()/+@-]{0,200}")
 _OPERATOR = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _RUN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_CONTROL = re.compile(r"pause|resume|abort")
+_VERDICT = re.compile(r"approved|rejected")
+_PERMIT = re.compile(r"open|revoke")
 _EXPIRES = re.compile(r"[1-9][0-9]*\s*(s|m|min|h|d)")
 
 
@@ -129,11 +132,7 @@ def _bad(name, value, pattern, must):
 
 def control_problems(action, reason, operator):
     """playbooks/apply_control.yml: the action, its reason and who sets it."""
-    out = []
-    if action not in ("pause", "resume", "abort"):
-        out.append(
-            f"birth_stage2_apply_control must be pause, resume or abort (got {json.dumps(action)})"
-        )
+    out = _bad("birth_stage2_apply_control", action, _CONTROL, "pause, resume or abort")
     out += _bad("birth_stage2_apply_control_reason", reason, _REASON,
                 "up to 200 of A-Z a-z 0-9 space . , : ; _ ( ) / + @ -")  # fmt: skip
     out += _bad("birth_stage2_operator", operator, _OPERATOR, "1 to 64 of A-Z a-z 0-9 . _ @ + -")
@@ -142,11 +141,7 @@ def control_problems(action, reason, operator):
 
 def review_problems(verdict, evidence, run):
     """playbooks/review.yml: the verdict, the evidence sha256 reviewed and its dry-run."""
-    out = []
-    if verdict not in ("approved", "rejected"):
-        out.append(
-            f"birth_stage2_review_verdict must be approved or rejected (got {json.dumps(verdict)})"
-        )
+    out = _bad("birth_stage2_review_verdict", verdict, _VERDICT, "approved or rejected")
     out += _bad("birth_stage2_review_evidence", evidence, _SHA256,
                 "the 64-hex-digit evidence sha256 of the dry-run reviewed")  # fmt: skip
     out += _bad("birth_stage2_review_run", run, _RUN, "the run id of the dry-run reviewed")
@@ -155,10 +150,8 @@ def review_problems(verdict, evidence, run):
 
 def permit_problems(action, evidence, expires_in):
     """playbooks/permit.yml: open (with the evidence and the expiry) or revoke."""
-    if action not in ("open", "revoke"):
-        return [f"birth_stage2_permit_action must be open or revoke (got {json.dumps(action)})"]
-    if action == "revoke":
-        return []
+    if action != "open":
+        return _bad("birth_stage2_permit_action", action, _PERMIT, "open or revoke")
     out = _bad("birth_stage2_permit_evidence", evidence, _SHA256,
                "the 64-hex-digit evidence sha256 of the reviewed dry-run")  # fmt: skip
     if not _EXPIRES.fullmatch(str(expires_in)):
