@@ -354,6 +354,14 @@ BREAKAGES = {
         f"UPDATE {TOOLS} SET status = 'active' WHERE code = {lit(FROZEN[0])};",
         {("no_worse_guard", "frozen_tools_still_frozen")},
     ),
+    # A birth written by hand as if by the backfill: the guard judges the backfill's births
+    # against the baseline plus what the plan applied, so it is red (a gateway birth is the
+    # application's, reported: tests/lab/test_live_traffic.py).
+    "backfill_birth_by_hand": (
+        f"INSERT INTO {BIRTHS} (collection_name, entity_code, birth_source) "
+        "VALUES ('apr_action_types', 'apr_action_types::by-hand', 'backfill');",
+        {("cross_layer_guard", "counts_match_snapshot")},
+    ),
     "birth_deleted": (
         f"DELETE FROM {BIRTHS} WHERE id = (SELECT min(id) FROM {BIRTHS});",
         {("no_worse_guard", "births_not_fewer"), ("cross_layer_guard", "counts_match_snapshot")},
