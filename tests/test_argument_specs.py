@@ -89,7 +89,9 @@ def _yaml_reads(data) -> tuple[set[str], set[str], set[str]]:
     for key, text in _strings(data):
         if key in IMPORTS and "{" not in text:
             task_files.add(text)
-        if key == "src" and text.endswith(".j2") and "{" not in text:
+        # src: a template task's; template: a view's in __birth_stage2_view_plan (the step
+        # templates include each by that name).
+        if key in ("src", "template") and text.endswith(".j2") and "{" not in text:
             templates.add(text)
         if key in BARE_KEYS:
             text = "{{ " + text + " }}"
