@@ -844,6 +844,57 @@ def test_abort_stops_cleanly_and_a_rerun_resumes_to_the_same_end_state(ready, ap
     assert state() == applied["after"]
 
 
+def test_codes_written_by_hand_mid_apply_are_never_born(ready, applied):
+    """A code added by hand to the plan's codes while a collection is being applied: the
+    collection goes on from the codes its CALL copied and checked against the signed evidence,
+    so it ends as reviewed and the added code is never born; the next collection's CALL finds
+    the plan no longer the reviewed one and is refused. Once the code is gone, a rerun
+    resumes to the reviewed end state."""
+    restore_ready()
+    run_id = new_run_id("codes-by-hand")
+    first = first_planned_code("dot_domain_rules")
+    blocker, play = held_apply(ready.run_id, run_id, "apply-test-codes-blocker", code=first)
+    try:
+        wait_for(
+            "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' "  # noqa: S608
+            f"AND application_name = 'birth_stage2:{run_id}'"
+        )
+        sql(
+            "SET session_replication_role = replica;\n"
+            "INSERT INTO dot_domain_rules (rule_code, title) "
+            "VALUES ('DOTD-BYHAND', 'not reviewed');\n"
+            "INSERT INTO birth_stage2_plan_codes (plan_code, collection_name, entity_code) "
+            f"VALUES ('{PLAN}', 'dot_domain_rules', 'DOTD-BYHAND');"
+        )
+    finally:
+        terminate("apply-test-codes-blocker")
+        blocker.kill()
+        blocker.wait()
+    try:
+        out = finished(play)
+    finally:
+        stop(play, run_id)
+    assert play.returncode != 0, out[-3000:]
+    text = squash(out).replace("''", "'")
+    assert "gate codes" in text, text[-4000:]
+    assert sql("SELECT count(*) FROM birth_registry WHERE entity_code = 'DOTD-BYHAND'") == [("0",)]
+    ledger = {row[0]: row for row in state()["ledger"]}
+    assert ledger["dot_domain_rules"][1:4] == (
+        "done",
+        str(REPORT_DELTAS["dot_domain_rules"]),
+        str(REPORT_DELTAS["dot_domain_rules"]),
+    )
+    assert {ledger[c][1] for c in ("field_type_equivalences", "normative_relations")} == {"planned"}
+    sql(
+        "DELETE FROM birth_stage2_plan_codes WHERE entity_code = 'DOTD-BYHAND';\n"
+        "DELETE FROM dot_domain_rules WHERE rule_code = 'DOTD-BYHAND';"
+    )
+    resumed_id = new_run_id("resume-after-codes")
+    apply(ready.run_id, "-e", f"birth_stage2_run_id={resumed_id}")
+    assert summary(resumed_id)["apply"]["mode"] == "resume"
+    assert state() == applied["after"]
+
+
 def test_control_refuses_bad_input_and_writes_nothing_in_check_mode(ready):
     restore_ready()
     bad = control("stop", "it's; DROP", check=False)
