@@ -21,6 +21,10 @@ description:
     a key without the act's namespace, an edited or forged signature), so the play names
     them all. It fails only when it cannot run (no ssh-keygen, no key, no allowed_signers).
   - Run it on the controller (C(delegate_to) localhost), where the keys and allowed_signers are.
+  - On the controller, the role's action plugin
+    (C(roles/birth_stage2/action_plugins/birth_signature.py)) runs it in Ansible's own worker,
+    with the same options and result, without starting a module; on any other host the
+    module runs there.
 author:
   - Birth Stage 2 automation
 options:
@@ -135,55 +139,22 @@ text_sha256:
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 from ansible.module_utils.birth_stage2_signature import (  # noqa: E402
-    NAMESPACES,
+    ARGUMENT_SPEC,
+    REQUIRED_IF,
     SignatureError,
-    act_problems,
-    canonical_text,
-    identify,
-    sha256_text,
-    sign,
+    run_act,
 )
 
 
 def main():
     module = AnsibleModule(
-        argument_spec={
-            "state": {"type": "str", "choices": ["signed", "verified"], "required": True},
-            "act": {"type": "str", "choices": sorted(NAMESPACES), "required": True},
-            "fields": {"type": "dict"},
-            "key": {"type": "path"},
-            "text": {"type": "str"},
-            "signature": {"type": "str"},
-            "allowed_signers": {"type": "path", "required": True},
-            "author": {"type": "dict"},
-            "ssh_keygen": {"type": "str", "default": "ssh-keygen"},
-        },
-        required_if=[
-            ("state", "signed", ("fields", "key")),
-            ("state", "verified", ("text", "signature")),
-        ],
-        supports_check_mode=True,
+        argument_spec=ARGUMENT_SPEC, required_if=REQUIRED_IF, supports_check_mode=True
     )
-    p = module.params
-    namespace = NAMESPACES[p["act"]]
     try:
-        if p["state"] == "signed":
-            text = canonical_text(p["act"], p["fields"])
-            signature = sign(text, p["key"], namespace, p["ssh_keygen"])
-        else:
-            text, signature = p["text"], p["signature"]
-        signer = identify(text, signature, p["allowed_signers"], namespace, p["ssh_keygen"])
+        result = run_act(module.params)
     except SignatureError as exc:
-        module.fail_json(msg=f"birth_signature ({p['act']}): {exc}")
-    module.exit_json(
-        changed=False,
-        text=text,
-        signature=signature,
-        namespace=namespace,
-        signer=signer,
-        problems=act_problems(p["act"], signer, p["author"]),
-        text_sha256=sha256_text(text),
-    )
+        module.fail_json(msg=f"birth_signature ({module.params['act']}): {exc}")
+    module.exit_json(changed=False, **result)
 
 
 if __name__ == "__main__":

@@ -242,3 +242,45 @@ def act_problems(act: str, signer: dict, author: dict | None = None) -> list[str
 
 def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+# The options of the birth_signature module (library/birth_signature.py), shared with its
+# action plugin (roles/birth_stage2/action_plugins/birth_signature.py), which runs
+# `run_act` in the controller's own worker when the task runs on the controller.
+ARGUMENT_SPEC = {
+    "state": {"type": "str", "choices": ["signed", "verified"], "required": True},
+    "act": {"type": "str", "choices": sorted(NAMESPACES), "required": True},
+    "fields": {"type": "dict"},
+    "key": {"type": "path"},
+    "text": {"type": "str"},
+    "signature": {"type": "str"},
+    "allowed_signers": {"type": "path", "required": True},
+    "author": {"type": "dict"},
+    "ssh_keygen": {"type": "str", "default": "ssh-keygen"},
+}
+REQUIRED_IF = [
+    ("state", "signed", ("fields", "key")),
+    ("state", "verified", ("text", "signature")),
+]
+
+
+def run_act(params: dict) -> dict:
+    """Sign (state signed) or verify (state verified) one act; the module's result without
+    `changed`. Raises SignatureError when it cannot run (no ssh-keygen, key or
+    allowed_signers); a signature that does not count is a problem in the result."""
+    namespace = NAMESPACES[params["act"]]
+    ssh_keygen = params.get("ssh_keygen") or "ssh-keygen"
+    if params["state"] == "signed":
+        text = canonical_text(params["act"], params["fields"])
+        signature = sign(text, params["key"], namespace, ssh_keygen)
+    else:
+        text, signature = params["text"], params["signature"]
+    signer = identify(text, signature, params["allowed_signers"], namespace, ssh_keygen)
+    return {
+        "text": text,
+        "signature": signature,
+        "namespace": namespace,
+        "signer": signer,
+        "problems": act_problems(params["act"], signer, params.get("author")),
+        "text_sha256": sha256_text(text),
+    }

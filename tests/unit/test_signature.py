@@ -158,3 +158,49 @@ def test_module_signs_and_identifies(run_module, keys):
          "allowed_signers": str(keys["allowed"])},
     )  # fmt: skip
     assert again["signer"]["fingerprint"] == fp(keys, "alice")
+
+
+def test_the_module_and_its_controller_action_give_the_same_result(keys, run_module):
+    """The action plugin runs run_act in Ansible's worker on the controller; the module runs
+    the same function in its own Python: one result, a forged signature's problem included."""
+    from ansible.module_utils.birth_stage2_signature import run_act
+
+    fields = {"plan_code": "QT-001", "dryrun_run_id": "r1", "evidence_sha256": "a" * 64}
+    args = {
+        "state": "signed",
+        "act": "dryrun",
+        "fields": fields,
+        "key": str(keys["alice"]),
+        "allowed_signers": str(keys["allowed"]),
+    }
+    by_module = run_module("birth_signature", args)
+    assert by_module["changed"] is False and by_module["problems"] == []
+    assert by_module["signer"]["principal"] == "alice"
+    verify = {
+        "state": "verified",
+        "act": "dryrun",
+        "text": by_module["text"],
+        "signature": by_module["signature"],
+        "allowed_signers": str(keys["allowed"]),
+    }
+    in_worker = run_act(verify)
+    assert in_worker["signer"] == by_module["signer"]
+    assert in_worker["text_sha256"] == by_module["text_sha256"]
+    # Signed by mallory, whose key is not in allowed_signers: a problem, from either path.
+    _, forged = signed(keys, "mallory", "dryrun", fields)
+    assert run_act(dict(verify, signature=forged))["problems"]
+    assert run_module("birth_signature", dict(verify, signature=forged))["problems"]
+
+
+def test_the_action_runs_in_the_worker_only_on_the_controller():
+    import importlib.util
+
+    from tests.unit.conftest import ROOT
+
+    path = ROOT / "roles" / "birth_stage2" / "action_plugins" / "birth_signature.py"
+    spec = importlib.util.spec_from_file_location("birth_signature_action", path)
+    action = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(action)
+    assert action.runs_on_controller("local")
+    assert not action.runs_on_controller("ssh")
+    assert not action.runs_on_controller("")
