@@ -24,6 +24,10 @@ description:
   - The SQL always runs in a C(READ ONLY) transaction that is rolled back, through the
     shared transport, without the Stage 2 advisory lock (a guard never queues behind a run).
     The module behaves identically in check mode.
+  - An V(assert) of O(attributed) alone (no O(before), no O(after)) reads no database; the
+    role's action plugin (C(roles/birth_stage2/action_plugins/birth_guard.py)) judges it in
+    Ansible's own worker with the same function, without starting the module. Every other
+    call runs the module on the host.
 author:
   - Birth Stage 2 automation
 extends_documentation_fragment:
@@ -293,12 +297,11 @@ from ansible.module_utils.birth_stage2_guard import (  # noqa: E402
     FIX_HINT,
     INVARIANTS,
     SCHEMA_KEY,
-    as_attributed,
     as_snapshot,
-    births_by_others,
     compare,
     deltas,
     format_violations,
+    judge_attributed,
     snapshot_sql,
 )
 from ansible.module_utils.birth_stage2_psql import (  # noqa: E402
@@ -437,45 +440,19 @@ def main():
 def assert_attributed(module):
     """Judge Stage 2's own births; report the registry's global movement beside them."""
     p = module.params
-    label = p["label"]
+    after = None
+    if p["before"] is not None:
+        after = p["after"] if p["after"] is not None else take_snapshot(module)
     try:
-        zero, ours = as_attributed(p["attributed"])
-        violations = compare(
-            zero, ours, p["invariant"], expected_growth=p["expected_growth"], allowed=p["allowed"]
-        )
-        result = {
-            "changed": False,
-            "ok": not violations,
-            "violations": violations,
-            "attributed": ours["per_collection"],
-            "attributed_total": ours["total"],
-        }
-        if p["before"] is not None:
-            after = p["after"] if p["after"] is not None else take_snapshot(module)
-            moved = deltas(p["before"], after)
-            result.update(
-                before_total=as_snapshot("before", p["before"])["total"],
-                after_total=as_snapshot("after", after)["total"],
-                after=after,
-                deltas=moved,
-                births_by_others=births_by_others(moved, ours["per_collection"]),
-            )
+        ok, msg, result = judge_attributed(
+            p["label"], p["invariant"], p["attributed"], p["expected_growth"], p["allowed"],
+            p["hint"], p["before"], after,
+        )  # fmt: skip
     except ValueError as exc:
-        module.fail_json(msg=f"birth guard after '{label}': {exc}")
-    others = result.get("births_by_others")
-    note = (
-        f"; births by others during the run: {sum(others.values()):+d} "
-        f"({', '.join(f'{c} {n:+d}' for c, n in others.items()) or 'none'}), never a failure"
-        if others is not None
-        else ""
-    )
-    if violations:
-        module.fail_json(msg=format_violations(label, violations, hint=p["hint"]) + note, **result)
-    module.exit_json(
-        msg=f"{format_violations(label, [])}: {p['invariant']} holds on Stage 2's own births"
-        f" ({ours['total']:+d}){note}",
-        **result,
-    )
+        module.fail_json(msg=f"birth guard after '{p['label']}': {exc}")
+    if not ok:
+        module.fail_json(msg=msg, changed=False, **result)
+    module.exit_json(msg=msg, changed=False, **result)
 
 
 if __name__ == "__main__":

@@ -237,3 +237,48 @@ def format_violations(label, violations, hint=FIX_HINT):
         )
     lines.append(f"  {hint}")
     return "\n".join(lines)
+
+
+def judge_attributed(
+    label, invariant, attributed, expected_growth=None, allowed=None, hint=None, before=None,
+    after=None,
+):  # fmt: skip
+    """Judge Stage 2's own births (``attributed``); with ``before`` and ``after`` snapshots,
+    report the registry's global movement beside them, never a failure.
+
+    Returns (ok, msg, result). Plain: no database, so with no ``before`` the birth_guard
+    action runs it in Ansible's worker. Raises ValueError on malformed figures."""
+    zero, ours = as_attributed(attributed)
+    violations = compare(
+        zero, ours, invariant, expected_growth=expected_growth, allowed=allowed or {}
+    )
+    result = {
+        "ok": not violations,
+        "violations": violations,
+        "attributed": ours["per_collection"],
+        "attributed_total": ours["total"],
+    }
+    if before is not None:
+        moved = deltas(before, after)
+        result.update(
+            before_total=as_snapshot("before", before)["total"],
+            after_total=as_snapshot("after", after)["total"],
+            after=after,
+            deltas=moved,
+            births_by_others=births_by_others(moved, ours["per_collection"]),
+        )
+    others = result.get("births_by_others")
+    note = (
+        f"; births by others during the run: {sum(others.values()):+d} "
+        f"({', '.join(f'{c} {n:+d}' for c, n in others.items()) or 'none'}), never a failure"
+        if others is not None
+        else ""
+    )
+    if violations:
+        failed = format_violations(label, violations, hint=hint or COMMITTED_HINT)
+        return False, failed + note, result
+    msg = (
+        f"{format_violations(label, [])}: {invariant} holds on Stage 2's own births"
+        f" ({ours['total']:+d}){note}"
+    )
+    return True, msg, result

@@ -46,6 +46,23 @@ for _name in UTILS:
     )
 
 
+def load_action(name):
+    """The role's action plugin ``name``, loaded as a plain module. Loading Ansible's
+    controller code marks the whole process as the controller, after which the modules
+    run_module runs send their warnings to the display instead of their result: the mark is
+    put back."""
+    from ansible.module_utils import _internal
+
+    target_side = _internal.is_controller
+    try:
+        return _load(
+            f"birth_test_action_{name}",
+            ROOT / "roles" / "birth_stage2" / "action_plugins" / f"{name}.py",
+        )
+    finally:
+        _internal.is_controller = target_side
+
+
 @pytest.fixture
 def run_module(capsys):
     """run_module(name, args, check_mode=False) -> the module's result dict."""

@@ -132,3 +132,44 @@ def test_module_reports_others_births_and_never_fails_on_them(run_module, fake_d
     assert out["ok"], out
     assert out["births_by_others"] == {first: 7}
     assert "births by others during the run: +7" in out["msg"]
+
+
+def _guard_action():
+    from tests.unit.conftest import load_action
+
+    return load_action("birth_guard")
+
+
+@pytest.mark.parametrize(
+    ("attributed", "allowed", "label"),
+    [({"kd": 1}, {"kd": 1}, "upload"), ({"kd": 1}, None, "classify"), ({}, None, "views")],
+)
+def test_the_action_judges_own_births_in_the_worker_as_the_module_does(
+    run_module, attributed, allowed, label
+):
+    """The phase asserts (own births, no snapshot) are judged by the action in Ansible's
+    worker with the module's own function: same verdict, message and figures."""
+    args = {"action": "assert", "invariant": "birth_neutral", "attributed": attributed}
+    args.update({"label": label}, **({"allowed": allowed} if allowed else {}))
+    action = _guard_action()
+    assert action.judged_here(args)
+    ok, msg, judged = guard.judge_attributed(
+        label, "birth_neutral", attributed, None, allowed or {}, None
+    )
+    out = run_module("birth_guard", {"container": "pg", "db_name": "d", "db_user": "u", **args})
+    assert ok is not bool(out.get("failed")) and msg == out["msg"]
+    assert {k: out[k] for k in judged} == judged
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        {"action": "snapshot"},
+        {"action": "assert", "invariant": "birth_neutral", "attributed": {}, "before": SNAPSHOT},
+        {"action": "assert", "invariant": "birth_neutral", "attributed": "{'kd': 1}"},
+        {"action": "assert", "invariant": "no_such", "attributed": {}},
+        {"action": "assert", "invariant": "apply_growth", "attributed": {}, "expected_growth": 3},
+    ],
+)
+def test_the_action_leaves_snapshots_and_odd_input_to_the_module(args):
+    assert not _guard_action().judged_here(args)

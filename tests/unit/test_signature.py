@@ -193,14 +193,9 @@ def test_the_module_and_its_controller_action_give_the_same_result(keys, run_mod
 
 
 def test_the_action_runs_in_the_worker_only_on_the_controller():
-    import importlib.util
+    from tests.unit.conftest import load_action
 
-    from tests.unit.conftest import ROOT
-
-    path = ROOT / "roles" / "birth_stage2" / "action_plugins" / "birth_signature.py"
-    spec = importlib.util.spec_from_file_location("birth_signature_action", path)
-    action = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(action)
+    action = load_action("birth_signature")
     assert action.runs_on_controller("local")
     assert not action.runs_on_controller("ssh")
     assert not action.runs_on_controller("")
