@@ -67,46 +67,14 @@ dest:
 """
 
 import os  # noqa: E402
-import tempfile  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
-
-
-def bad_names(names):
-    """Names that are not plain file names."""
-    return sorted(n for n in names if not n or "/" in n or n.startswith(".") or "\x00" in n)
-
-
-def plan_writes(dest, files, read):
-    """Split files into (to_write, unchanged); read(path) returns the current text or None."""
-    to_write, unchanged = [], []
-    for name in sorted(files):
-        if read(os.path.join(dest, name)) == files[name]:
-            unchanged.append(name)
-        else:
-            to_write.append(name)
-    return to_write, unchanged
-
-
-def read_text(path):
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return handle.read()
-    except (OSError, UnicodeDecodeError):
-        return None
-
-
-def write_atomically(path, text, mode):
-    directory = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".staging-")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+from ansible.module_utils.birth_stage2_files import (  # noqa: E402
+    bad_names,
+    plan_writes,
+    read_text,
+    write_atomically,
+)
 
 
 def main():

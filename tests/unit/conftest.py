@@ -27,6 +27,7 @@ UTILS = (
     "birth_stage2_guard",
     "birth_stage2_lock",
     "birth_stage2_signature",
+    "birth_stage2_files",
 )  # dependency order
 
 

@@ -1,17 +1,10 @@
-"""birth_stage_files: which files a staging call writes."""
+"""birth_stage_files: which files a staging call writes (module_utils/birth_stage2_files.py,
+shared with the role's action plugin birth_report_write)."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-SPEC = importlib.util.spec_from_file_location(
-    "birth_stage_files", Path(__file__).parents[2] / "library" / "birth_stage_files.py"
-)
-mod = importlib.util.module_from_spec(SPEC)
-SPEC.loader.exec_module(mod)
+from ansible.module_utils import birth_stage2_files as mod
 
 
 @pytest.mark.parametrize(
@@ -40,3 +33,17 @@ def test_write_atomically(tmp_path):
     assert path.read_text() == "SELECT 1;\n"
     assert path.stat().st_mode & 0o777 == 0o640
     assert [p.name for p in tmp_path.iterdir()] == ["x.sql"]
+
+
+def test_the_module_stages_through_the_shared_functions(run_module, tmp_path):
+    dest = tmp_path / "staging"
+    args = {"dest": str(dest), "files": {"a.sql": "SELECT 1;\n"}}
+    first = run_module("birth_stage_files", args)
+    assert first["changed"] is True
+    assert first["written"] == ["a.sql"]
+    assert (dest / "a.sql").read_text() == "SELECT 1;\n"
+    again = run_module("birth_stage_files", args)
+    assert (again["changed"], again["unchanged"]) == (False, ["a.sql"])
+    refused = run_module("birth_stage_files", {"dest": str(dest), "files": {"../x": ""}})
+    assert refused["failed"] is True
+    assert "not plain file names" in refused["msg"]

@@ -1,0 +1,73 @@
+"""Writing a set of named text files into one directory, as plain functions.
+
+Shared by the module ``birth_stage_files`` (the rendered SQL staged on the VPS; AnsiballZ
+ships this file as ``ansible.module_utils.birth_stage2_files``) and the role's action plugin
+``birth_report_write`` (a run's record on the controller; it loads this file by its path, as
+the controller has no import path for the project's module_utils). One set of rules for
+which names are plain file names, which files need writing, how a file is replaced
+atomically and how a symlink is repointed. No Ansible import; unit-tested in
+tests/unit/test_stage_files.py and tests/unit/test_report_write.py.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+
+def bad_names(names):
+    """Names that are not plain file names."""
+    return sorted(n for n in names if not n or "/" in n or n.startswith(".") or "\x00" in n)
+
+
+def plan_writes(dest, files, read):
+    """Split files into (to_write, unchanged); read(path) returns the current text or None."""
+    to_write, unchanged = [], []
+    for name in sorted(files):
+        if read(os.path.join(dest, name)) == files[name]:
+            unchanged.append(name)
+        else:
+            to_write.append(name)
+    return to_write, unchanged
+
+
+def read_text(path):
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def write_atomically(path, text, mode, prefix=".staging-"):
+    """Write text to a temporary file beside path, then rename it over path."""
+    directory = os.path.dirname(path)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=prefix)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def link_atomically(path, target, prefix=".link-"):
+    """Point the symlink path at target (as given, relative or not), replacing whatever link
+    or file is there in one rename; a link that already points there is left alone.
+    Returns True when the link was created or repointed."""
+    if os.path.islink(path) and os.readlink(path) == target:
+        return False
+    directory = os.path.dirname(path)
+    # mkstemp reserves a unique name; the symlink takes its place.
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=prefix)
+    os.close(fd)
+    try:
+        os.unlink(tmp)
+        os.symlink(target, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+    return True
