@@ -95,18 +95,12 @@ links:
 """
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+from ansible.module_utils.birth_stage2_files import REPORT_WRITE_SPEC  # noqa: E402
 
 
 def main():
     module = AnsibleModule(
-        argument_spec={
-            "dest": {"type": "path", "required": True},
-            "files": {"type": "dict", "required": True},
-            "mode": {"type": "raw", "default": "0640"},
-            "dir_mode": {"type": "raw", "default": "0750"},
-            "links": {"type": "dict", "default": {}},
-            "links_dir": {"type": "path"},
-        },
+        argument_spec=REPORT_WRITE_SPEC,
         supports_check_mode=True,
     )
     module.fail_json(msg="birth_report_write runs as the role's action plugin, not as a module")

@@ -71,3 +71,15 @@ def link_atomically(path, target, prefix=".link-"):
         if os.path.lexists(tmp):
             os.unlink(tmp)
     return True
+
+
+# The options of birth_report_write: its action plugin validates them, and its module stub
+# (library/birth_report_write.py) declares the same.
+REPORT_WRITE_SPEC = {
+    "dest": {"type": "path", "required": True},
+    "files": {"type": "dict", "required": True},
+    "mode": {"type": "raw", "default": "0640"},
+    "dir_mode": {"type": "raw", "default": "0750"},
+    "links": {"type": "dict", "default": {}},
+    "links_dir": {"type": "path"},
+}

@@ -39,14 +39,7 @@ def _load_files_utils():
 
 files_utils = _load_files_utils()
 
-ARGUMENT_SPEC = {
-    "dest": {"type": "path", "required": True},
-    "files": {"type": "dict", "required": True},
-    "mode": {"type": "raw", "default": "0640"},
-    "dir_mode": {"type": "raw", "default": "0750"},
-    "links": {"type": "dict", "default": {}},
-    "links_dir": {"type": "path"},
-}
+ARGUMENT_SPEC = files_utils.REPORT_WRITE_SPEC
 
 
 class ReportWriteError(Exception):
