@@ -39,18 +39,27 @@ def read_text(path):
         return None
 
 
+def _replace_atomically(path, prefix, fill):
+    """Make a temporary entry beside path (mkstemp reserves its name; ``fill(fd, tmp)`` puts
+    the new content there), then rename it over path; the temporary entry never stays."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=prefix)
+    try:
+        fill(fd, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+
+
 def write_atomically(path, text, mode, prefix=".staging-"):
     """Write text to a temporary file beside path, then rename it over path."""
-    directory = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=prefix)
-    try:
+
+    def fill(fd, tmp):
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
         os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+    _replace_atomically(path, prefix, fill)
 
 
 def link_atomically(path, target, prefix=".link-"):
@@ -59,17 +68,14 @@ def link_atomically(path, target, prefix=".link-"):
     Returns True when the link was created or repointed."""
     if os.path.islink(path) and os.readlink(path) == target:
         return False
-    directory = os.path.dirname(path)
-    # mkstemp reserves a unique name; the symlink takes its place.
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=prefix)
-    os.close(fd)
-    try:
+
+    def fill(fd, tmp):
+        # The symlink takes the reserved name's place.
+        os.close(fd)
         os.unlink(tmp)
         os.symlink(target, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
+
+    _replace_atomically(path, prefix, fill)
     return True
 
 
