@@ -757,23 +757,32 @@ def apply_status() -> str:
     return squash(playbook("playbooks/apply_status.yml").stdout)
 
 
-def hold_then(
-    confirm: str, run_id: str, app: str, action: str, reason: str
-) -> tuple[subprocess.Popen, str]:
-    """An apply held at a batch; ``action`` is set meanwhile, then the held batch goes on.
-    Returns the running playbook and what the controller printed."""
-    blocker, play = held_apply(confirm, run_id, app)
+def held_while(
+    confirm: str, run_id: str, app: str, meanwhile, code: str = "DOTD-00000412"
+) -> tuple[subprocess.Popen, object]:
+    """An apply held at the batch that reaches ``code``; ``meanwhile()`` runs while it is
+    held, then the held batch goes on. Returns the running playbook and what meanwhile
+    returned."""
+    blocker, play = held_apply(confirm, run_id, app, code=code)
     try:
         wait_for(
             "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' "  # noqa: S608
             f"AND application_name = 'birth_stage2:{run_id}'"
         )
-        said = squash(control(action, reason).stdout)
+        done = meanwhile()
     finally:
         terminate(app)  # the held batch commits; the control is read before the next one
         blocker.kill()
         blocker.wait()
-    return play, said
+    return play, done
+
+
+def hold_then(
+    confirm: str, run_id: str, app: str, action: str, reason: str
+) -> tuple[subprocess.Popen, str]:
+    """An apply held at a batch; ``action`` is set meanwhile, then the held batch goes on.
+    Returns the running playbook and what the controller printed."""
+    return held_while(confirm, run_id, app, lambda: squash(control(action, reason).stdout))
 
 
 def test_pause_holds_the_apply_until_resume_and_it_ends_with_exactly_the_plan(ready, applied):
@@ -844,6 +853,17 @@ def test_abort_stops_cleanly_and_a_rerun_resumes_to_the_same_end_state(ready, ap
     assert state() == applied["after"]
 
 
+def write_a_code_by_hand() -> None:
+    """An unborn dot_domain_rules row (triggers off) and its code, added to the plan's codes."""
+    sql(
+        "SET session_replication_role = replica;\n"
+        "INSERT INTO dot_domain_rules (rule_code, title) "
+        "VALUES ('DOTD-BYHAND', 'not reviewed');\n"
+        "INSERT INTO birth_stage2_plan_codes (plan_code, collection_name, entity_code) "
+        f"VALUES ('{PLAN}', 'dot_domain_rules', 'DOTD-BYHAND');"
+    )
+
+
 def test_codes_written_by_hand_mid_apply_are_never_born(ready, applied):
     """A code added by hand to the plan's codes while a collection is being applied: the
     collection goes on from the codes its CALL copied and checked against the signed evidence,
@@ -852,24 +872,10 @@ def test_codes_written_by_hand_mid_apply_are_never_born(ready, applied):
     resumes to the reviewed end state."""
     restore_ready()
     run_id = new_run_id("codes-by-hand")
-    first = first_planned_code("dot_domain_rules")
-    blocker, play = held_apply(ready.run_id, run_id, "apply-test-codes-blocker", code=first)
-    try:
-        wait_for(
-            "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' "  # noqa: S608
-            f"AND application_name = 'birth_stage2:{run_id}'"
-        )
-        sql(
-            "SET session_replication_role = replica;\n"
-            "INSERT INTO dot_domain_rules (rule_code, title) "
-            "VALUES ('DOTD-BYHAND', 'not reviewed');\n"
-            "INSERT INTO birth_stage2_plan_codes (plan_code, collection_name, entity_code) "
-            f"VALUES ('{PLAN}', 'dot_domain_rules', 'DOTD-BYHAND');"
-        )
-    finally:
-        terminate("apply-test-codes-blocker")
-        blocker.kill()
-        blocker.wait()
+    play, _ = held_while(
+        ready.run_id, run_id, "apply-test-codes-blocker", write_a_code_by_hand,
+        code=first_planned_code("dot_domain_rules"),
+    )  # fmt: skip
     try:
         out = finished(play)
     finally:
